@@ -1,0 +1,41 @@
+// CPU kernels of the tinybig_cuda ops: the masked copy of masked_copy.cpp, split over threads.
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include "../mask_op.h"
+#include "masked_copy.h"
+
+namespace tinybig_cuda {
+namespace {
+
+// Elements per task: enough work (~a few microseconds) to amortise waking a thread.
+constexpr int64_t kElementsPerTask = 1 << 15;
+
+void masked_copy_cpu(const at::Tensor& input, at::Tensor& output, double p,
+                     const at::Tensor& rng_state, uint64_t element_offset) {
+  const int64_t* state = rng_state.const_data_ptr<int64_t>();
+  const MaskKey key{static_cast<uint64_t>(state[0]), static_cast<uint64_t>(state[1]),
+                    keep_threshold(p)};
+  const CpuIsa isa = active_cpu_isa();
+  const void* in = input.const_data_ptr();
+  void* out = output.mutable_data_ptr();
+  const int element_size = static_cast<int>(input.element_size());
+  at::parallel_for(0, input.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
+    masked_copy_range(isa, in, out, element_size, begin, end, element_offset, key);
+  });
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tinybig_cuda, CPU, m) {
+  m.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                    int64_t element_offset) {
+    return bernoulli_mask_apply_with(masked_copy_cpu, w, p, rng_state, element_offset);
+  });
+  m.impl("bernoulli_mask", [](at::IntArrayRef shape, double p, const at::Tensor& rng_state,
+                              int64_t element_offset) {
+    return bernoulli_mask_with(masked_copy_cpu, shape, p, rng_state, element_offset);
+  });
+}
+
+}  // namespace tinybig_cuda

@@ -1,0 +1,120 @@
+// The tinybig_cuda op schemas, their argument checks, and the Python module that loads them.
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/library.h>
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
+#include <c10/util/irange.h>
+
+#include <limits>
+
+#include "cpu/masked_copy.h"
+#include "mask_op.h"
+
+namespace tinybig_cuda {
+namespace {
+
+void check_keep_probability(const char* op, double p) {
+  // Written so that NaN fails too.
+  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op, ": expected p, the keep probability, in [0, 1], but got ",
+                    p);
+}
+
+void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device) {
+  TORCH_CHECK_TYPE(rng_state.scalar_type() == at::kLong, op,
+                   ": expected rng_state to be an int64 tensor [seed, offset], but got dtype ",
+                   rng_state.scalar_type());
+  TORCH_CHECK_VALUE(rng_state.dim() == 1 && rng_state.size(0) == 2, op,
+                    ": expected rng_state to have shape [2] ([seed, offset]), but got shape ",
+                    rng_state.sizes());
+  TORCH_CHECK_VALUE(rng_state.device() == device, op, ": expected rng_state on ", device,
+                    " (the device of the data it masks), but got it on ", rng_state.device());
+}
+
+void check_element_offset(const char* op, int64_t element_offset, int64_t numel) {
+  TORCH_CHECK_VALUE(element_offset >= 0, op, ": expected element_offset >= 0, but got ",
+                    element_offset);
+  TORCH_CHECK_VALUE(element_offset <= std::numeric_limits<int64_t>::max() - numel, op,
+                    ": expected element_offset + numel <= 2**63 - 1, but got element_offset ",
+                    element_offset, " with ", numel, " elements");
+}
+
+bool is_maskable_dtype(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
+         dtype == at::kBFloat16;
+}
+
+}  // namespace
+
+at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& w, double p,
+                                     const at::Tensor& rng_state, int64_t element_offset) {
+  constexpr const char* op = "tinybig_cuda.bernoulli_mask_apply";
+  TORCH_CHECK_TYPE(is_maskable_dtype(w.scalar_type()), op,
+                   ": expected w to be float32, float64, float16 or bfloat16, but got dtype ",
+                   w.scalar_type());
+  check_keep_probability(op, p);
+  check_rng_state(op, rng_state, w.device());
+  check_element_offset(op, element_offset, w.numel());
+
+  // The output is always contiguous, so element i of the flat output is logical element i.
+  at::Tensor output = at::empty(w.sizes(), w.options());
+  if (w.numel() > 0) {
+    kernel(w.contiguous(), output, p, rng_state.contiguous(), static_cast<uint64_t>(element_offset));
+  }
+  return output;
+}
+
+at::Tensor bernoulli_mask_with(MaskedCopyKernel kernel, at::IntArrayRef shape, double p,
+                               const at::Tensor& rng_state, int64_t element_offset) {
+  constexpr const char* op = "tinybig_cuda.bernoulli_mask";
+  for (const auto d : c10::irange(shape.size())) {
+    TORCH_CHECK_VALUE(shape[d] >= 0, op, ": expected a shape of non-negative sizes, but got ",
+                      shape);
+  }
+  check_keep_probability(op, p);
+  check_rng_state(op, rng_state, rng_state.device());
+  const at::TensorOptions options = rng_state.options().dtype(at::kBool);
+  // The mask is the masked copy of an all-true tensor: one kernel serves both ops.
+  at::Tensor mask = at::empty(shape, options);
+  check_element_offset(op, element_offset, mask.numel());
+  if (mask.numel() > 0) {
+    kernel(at::ones(shape, options), mask, p, rng_state.contiguous(),
+           static_cast<uint64_t>(element_offset));
+  }
+  return mask;
+}
+
+TORCH_LIBRARY(tinybig_cuda, m) {
+  // rng_state is a tensor, not an int, so torch.compile does not specialise on the seed and a
+  // CUDA graph replay reads whatever state was last written into it.
+  m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, int element_offset=0) -> Tensor");
+  m.def("bernoulli_mask(int[] shape, float p, Tensor rng_state, int element_offset=0) -> Tensor");
+}
+
+}  // namespace tinybig_cuda
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  namespace tc = tinybig_cuda;
+  module.doc() = "tinybig_cuda's compiled ops (registered in torch.ops.tinybig_cuda) and CPU ISA control.";
+  module.def("cpu_isa", [] { return tc::cpu_isa_name(tc::active_cpu_isa()); },
+             "The instruction set the CPU kernel uses now.");
+  module.def("supported_cpu_isas", [] {
+        std::vector<std::string> names;
+        for (const tc::CpuIsa isa : tc::kAllCpuIsas) {
+          if (tc::cpu_supports(isa)) names.emplace_back(tc::cpu_isa_name(isa));
+        }
+        return names;
+      },
+      "The instruction sets this CPU runs, slowest first; each gives the same bits.");
+  module.def("set_cpu_isa", [](const std::string& name) { tc::set_active_cpu_isa(tc::cpu_isa_from_name(name)); },
+             "Forces the CPU kernel onto one instruction set (for tests and benchmarks).");
+  module.def("has_cuda_kernels", [] {
+#ifdef TINYBIG_WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether this build compiled the CUDA kernels.");
+}

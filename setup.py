@@ -1,0 +1,104 @@
+"""Builds tinybig_cuda._C: the CPU kernels always, the CUDA kernels when torch and a toolkit allow.
+
+Environment switches (each one, when set, is printed):
+  TINYBIG_CUDA_BUILD=1   build the CUDA kernels, failing loudly if they cannot be built
+  TINYBIG_CUDA_BUILD=0   skip the CUDA kernels even where they could be built
+  CUDA_HOME              the CUDA toolkit; when unset, /usr/local/cuda is used if it holds nvcc
+  TORCH_CUDA_ARCH_LIST   the GPU architectures to compile for (default: 8.0;9.0+PTX)
+  MAX_JOBS               parallel compile jobs (ninja)
+"""
+
+import os
+import shutil
+import sys
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+ROOT = Path(__file__).parent
+DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def log(message):
+    print(f"[tinybig_cuda setup] {message}", file=sys.stderr, flush=True)
+
+
+def locate_cuda_home():
+    """Sets CUDA_HOME before torch's cpp_extension guesses it from a possibly wrapped nvcc."""
+    if os.environ.get("CUDA_HOME"):
+        log(f"CUDA_HOME={os.environ['CUDA_HOME']} (from the environment)")
+        return
+    default = Path("/usr/local/cuda")
+    if (default / "bin" / "nvcc").exists():
+        os.environ["CUDA_HOME"] = str(default)
+        log(f"CUDA_HOME unset: using {default}, which holds bin/nvcc")
+    elif shutil.which("nvcc"):
+        log(f"CUDA_HOME unset: torch will guess it from nvcc at {shutil.which('nvcc')}")
+
+
+def decide_cuda_build(torch):
+    """Returns (build CUDA?, why) from the environment, the installed torch and the toolkit."""
+    request = os.environ.get("TINYBIG_CUDA_BUILD")
+    if request == "0":
+        return False, "TINYBIG_CUDA_BUILD=0 asks to skip it"
+    from torch.utils.cpp_extension import CUDA_HOME
+
+    missing = []
+    if torch.version.cuda is None:
+        missing.append(f"torch {torch.__version__} is a CPU-only build")
+    elif CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
+        missing.append(f"torch {torch.__version__} has CUDA {torch.version.cuda} but no toolkit (nvcc) was found")
+    if request == "1" and missing:
+        raise RuntimeError("TINYBIG_CUDA_BUILD=1 but the CUDA kernels cannot be built: " + "; ".join(missing))
+    if missing:
+        return False, "; ".join(missing)
+    why = f"torch {torch.__version__} (CUDA {torch.version.cuda}) and nvcc in {CUDA_HOME}"
+    return True, why + (" (TINYBIG_CUDA_BUILD=1)" if request == "1" else "")
+
+
+def make_extension():
+    locate_cuda_home()
+    import torch
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    with_cuda, why = decide_cuda_build(torch)
+    cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's choice
+    sources = ["csrc/ops.cpp", "csrc/cpu/masked_copy.cpp", "csrc/cpu/mask_ops_cpu.cpp"]
+    options = dict(
+        name="tinybig_cuda._C",
+        include_dirs=[str(ROOT / "csrc")],
+        extra_link_args=["-fopenmp"],  # at::parallel_for is only parallel with OpenMP linked in
+    )
+    if not with_cuda:
+        log(f"building the CPU kernels only: {why}")
+        return CppExtension(sources=sources, extra_compile_args={"cxx": cxx_flags}, **options)
+
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+        log(f"TORCH_CUDA_ARCH_LIST unset: compiling for {DEFAULT_CUDA_ARCH_LIST}")
+    else:
+        log(f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} (from the environment)")
+    log(f"building the CPU and CUDA kernels: {why}")
+    sources += ["csrc/cuda/mask_ops_cuda.cpp", "csrc/cuda/masked_copy.cu"]
+    nvcc_flags = ["-O3", "-Xptxas=-v"]  # -v prints registers and spills per kernel
+    return CUDAExtension(
+        sources=sources,
+        define_macros=[("TINYBIG_WITH_CUDA", None)],
+        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+        **options,
+    )
+
+
+def build_ext_class():
+    from torch.utils.cpp_extension import BuildExtension
+
+    return BuildExtension.with_options(use_ninja=True)
+
+
+if __name__ == "__main__":
+    log(f"MAX_JOBS={os.environ.get('MAX_JOBS', '(unset: ninja picks)')}")
+    setup(
+        packages=find_packages(include=["tinybig_cuda", "tinybig_cuda.*"]),
+        ext_modules=[make_extension()],
+        cmdclass={"build_ext": build_ext_class()},
+    )

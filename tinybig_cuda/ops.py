@@ -1,0 +1,75 @@
+"""Typed Python entry points of the compiled ops, with their fake kernels and autograd."""
+
+from typing import Sequence
+
+import torch
+
+from . import _C  # noqa: F401  (loading the library registers torch.ops.tinybig_cuda)
+
+__all__ = ["bernoulli_mask_apply", "bernoulli_mask"]
+
+
+def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, element_offset: int = 0) -> torch.Tensor:
+    """Masks `w` with a Bernoulli(p) keep-mask generated on the fly from `rng_state`.
+
+    Element i of `w` (its row-major flat index, whatever its strides) is kept iff Philox word
+    ``element_offset + i`` is below ``floor(p * 2**32)`` (DESIGN.md §2); kept elements are copied,
+    dropped ones are written as +0.0. Nothing is rescaled. Differentiable in `w`: the backward
+    regenerates the mask from the saved 16-byte `rng_state` instead of storing it.
+
+    Args:
+        w: float32, float64, float16 or bfloat16 tensor of any shape and strides.
+        p: keep probability in [0, 1] (tinyBIG's convention; not dropout's drop probability).
+        rng_state: int64 tensor ``[seed, offset]`` on `w`'s device.
+        element_offset: flat index of `w`'s first element in a larger logical matrix (for
+            shards of one weight); 0 for a whole matrix.
+
+    Returns:
+        A new contiguous tensor of `w`'s shape and dtype.
+    """
+    return torch.ops.tinybig_cuda.bernoulli_mask_apply.default(w, p, rng_state, element_offset)
+
+
+def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, element_offset: int = 0) -> torch.Tensor:
+    """The boolean keep-mask that `bernoulli_mask_apply` uses, materialised for inspection.
+
+    Args:
+        shape: the mask's shape.
+        p: keep probability in [0, 1].
+        rng_state: int64 tensor ``[seed, offset]``; the mask is made on its device.
+        element_offset: flat index of the mask's first element in a larger logical matrix.
+
+    Returns:
+        A contiguous bool tensor of `shape`, True where elements are kept.
+    """
+    return torch.ops.tinybig_cuda.bernoulli_mask.default(list(shape), p, rng_state, element_offset)
+
+
+@torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply")
+def _(w, p, rng_state, element_offset=0):
+    # The real kernels always return a fresh contiguous tensor, so the fake one does too.
+    return torch.empty(w.shape, dtype=w.dtype, device=w.device)
+
+
+@torch.library.register_fake("tinybig_cuda::bernoulli_mask")
+def _(shape, p, rng_state, element_offset=0):
+    return torch.empty(shape, dtype=torch.bool, device=rng_state.device)
+
+
+def _setup_context(ctx, inputs, output):
+    # Only the 16-byte state is saved: the backward regenerates the mask from it.
+    _, p, rng_state, element_offset = inputs
+    ctx.save_for_backward(rng_state)
+    ctx.p = p
+    ctx.element_offset = element_offset
+
+
+def _backward(ctx, grad_output):
+    # The op is linear in w with a diagonal 0/1 Jacobian, so its backward is the op itself on the
+    # incoming gradient; calling the op (not a kernel) keeps double backward working.
+    (rng_state,) = ctx.saved_tensors
+    grad_w = torch.ops.tinybig_cuda.bernoulli_mask_apply.default(grad_output, ctx.p, rng_state, ctx.element_offset)
+    return grad_w, None, None, None
+
+
+torch.library.register_autograd("tinybig_cuda::bernoulli_mask_apply", _backward, setup_context=_setup_context)
