@@ -7,6 +7,7 @@
 #include <ATen/ops/ones.h>
 #include <c10/util/irange.h>
 
+#include <array>
 #include <limits>
 
 #include "cpu/masked_copy.h"
@@ -97,6 +98,13 @@ TORCH_LIBRARY(tinybig_cuda, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   namespace tc = tinybig_cuda;
   module.doc() = "tinybig_cuda's compiled ops (registered in torch.ops.tinybig_cuda) and CPU ISA control.";
+  module.def("philox4x32_10",
+             [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
+               const tc::PhiloxWords words = tc::philox4x32_10(counter[0], counter[1], counter[2],
+                                                               counter[3], key[0], key[1]);
+               return std::array<uint32_t, 4>{words.word[0], words.word[1], words.word[2], words.word[3]};
+             },
+             "Philox4x32-10 of the compiled header, for known-answer tests.");
   module.def("cpu_isa", [] { return tc::cpu_isa_name(tc::active_cpu_isa()); },
              "The instruction set the CPU kernel uses now.");
   module.def("supported_cpu_isas", [] {
