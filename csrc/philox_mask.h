@@ -9,8 +9,10 @@
 
 #if defined(__CUDACC__)
 #define TINYBIG_HOST_DEVICE __host__ __device__ __forceinline__
+#define TINYBIG_UNROLL _Pragma("unroll")
 #else
 #define TINYBIG_HOST_DEVICE inline
+#define TINYBIG_UNROLL _Pragma("GCC unroll 16")
 #endif
 
 namespace tinybig_cuda {

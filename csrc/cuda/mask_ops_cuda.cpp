@@ -1,0 +1,35 @@
+// CUDA registrations of the tinybig_cuda ops: device guard, stream, launch, error check.
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../mask_op.h"
+#include "masked_copy_cuda.h"
+
+namespace tinybig_cuda {
+namespace {
+
+void masked_copy_cuda(const at::Tensor& input, at::Tensor& output, double p,
+                      const at::Tensor& rng_state, uint64_t element_offset) {
+  const c10::cuda::CUDAGuard guard(input.device());
+  C10_CUDA_CHECK(launch_masked_copy_cuda(
+      input.const_data_ptr(), output.mutable_data_ptr(), static_cast<int>(input.element_size()),
+      input.numel(), element_offset, rng_state.const_data_ptr<int64_t>(), keep_threshold(p),
+      input.device().index(), c10::cuda::getCurrentCUDAStream()));
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(tinybig_cuda, CUDA, m) {
+  m.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                    int64_t element_offset) {
+    return bernoulli_mask_apply_with(masked_copy_cuda, w, p, rng_state, element_offset);
+  });
+  m.impl("bernoulli_mask", [](at::IntArrayRef shape, double p, const at::Tensor& rng_state,
+                              int64_t element_offset) {
+    return bernoulli_mask_with(masked_copy_cuda, shape, p, rng_state, element_offset);
+  });
+}
+
+}  // namespace tinybig_cuda
