@@ -115,8 +115,13 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
         return names;
       },
       "The instruction sets this CPU runs, slowest first; each gives the same bits.");
-  module.def("set_cpu_isa", [](const std::string& name) { tc::set_active_cpu_isa(tc::cpu_isa_from_name(name)); },
-             "Forces the CPU kernel onto one instruction set (for tests and benchmarks).");
+  module.def("set_cpu_isa",
+             [](const std::string& name) {
+               if (name == "auto") return tc::use_best_cpu_isa();
+               tc::set_active_cpu_isa(tc::cpu_isa_from_name(name));
+             },
+             "Forces the CPU kernel onto one instruction set (for tests and benchmarks); 'auto' "
+             "returns to the fastest supported one.");
   module.def("has_cuda_kernels", [] {
 #ifdef TINYBIG_WITH_CUDA
         return true;

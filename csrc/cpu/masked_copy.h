@@ -20,6 +20,7 @@ bool cpu_supports(CpuIsa isa);
 // another. set_active_cpu_isa throws std::invalid_argument for an unsupported one.
 CpuIsa active_cpu_isa();
 void set_active_cpu_isa(CpuIsa isa);
+void use_best_cpu_isa();
 
 // For k in [begin, end): output[k] = input[k] if global element element_offset + k is kept, else
 // zero bits. The copy moves bit patterns, so element_size (1, 2, 4 or 8 bytes) is all it needs

@@ -1,0 +1,133 @@
+"""The CUDA build: its kernels are registered, its machine code has the intended shape, and (only
+where a GPU is present) it gives the CPU's bits, also under CUDA graphs and on side streams.
+
+Without a GPU the build is checked, not run: the kernel's per-thread body runs on the host in
+the C++ tests (tests/cpp/test_simulated_cuda_launch.cpp) instead."""
+
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+import torch
+
+import tinybig_cuda
+from tinybig_cuda import _C
+
+EXPECT_CUDA_BUILD = os.environ.get("TINYBIG_EXPECT_CUDA_BUILD") == "1"
+OPS = ("tinybig_cuda::bernoulli_mask_apply", "tinybig_cuda::bernoulli_mask")
+
+needs_cuda_build = pytest.mark.skipif(
+    not _C.has_cuda_kernels() and not EXPECT_CUDA_BUILD, reason="CPU-only build of tinybig_cuda"
+)
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
+
+
+def test_build_matches_expectation():
+    """In CI's CUDA leg, a CPU-only build is a failure, not a skip."""
+    if EXPECT_CUDA_BUILD:
+        assert _C.has_cuda_kernels(), "TINYBIG_EXPECT_CUDA_BUILD=1 but the CUDA kernels were not built"
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("op", OPS)
+def test_cuda_kernel_is_registered(op):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(op, "CPU")
+
+
+def find_cuobjdump():
+    candidates = [Path(os.environ.get("CUDA_HOME", "/usr/local/cuda")) / "bin" / "cuobjdump"]
+    try:
+        import triton
+
+        candidates.append(Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump")
+    except ImportError:
+        pass
+    found = [path for path in candidates if path.exists()] or ([Path(shutil.which("cuobjdump"))] if shutil.which("cuobjdump") else [])
+    if not found:
+        pytest.fail("no cuobjdump found (it ships with the CUDA toolkit and with triton)")
+    return found[0]
+
+
+@pytest.fixture(scope="module")
+def sass_by_kernel():
+    """{(architecture, element bytes): SASS text} for every compiled masked-copy kernel."""
+    dump = subprocess.run([find_cuobjdump(), "--dump-sass", _C.__file__], capture_output=True, text=True, check=True).stdout
+    element_bytes = {"h": 1, "t": 2, "j": 4, "m": 8}  # Itanium mangling of uint8/16/32/64
+    kernels = {}
+    for arch, body in re.findall(r"arch = (sm_\d+).*?\n(.*?)(?=\n\s*arch = sm_|\Z)", dump, flags=re.S):
+        for mangled, text in re.findall(r"Function : (\S+)\n(.*?)(?=Function : |\Z)", body, flags=re.S):
+            match = re.search(r"masked_copy_kernelI(\w)E", mangled)
+            assert match, f"unexpected kernel {mangled}"
+            kernels[(arch, element_bytes[match.group(1)])] = text
+    return kernels
+
+
+@needs_cuda_build
+def test_every_architecture_has_every_kernel(sass_by_kernel):
+    architectures = {arch for arch, _ in sass_by_kernel}
+    assert architectures, "no SASS found in the extension"
+    assert {size for _, size in sass_by_kernel} == {1, 2, 4, 8}
+    assert len(sass_by_kernel) == 4 * len(architectures)
+
+
+@needs_cuda_build
+def test_float32_path_uses_16_byte_loads_and_stores(sass_by_kernel):
+    for (arch, size), sass in sass_by_kernel.items():
+        if size in (2, 4):
+            assert re.search(r"LDG\.E\.128", sass), f"{arch}, {size}-byte kernel: no 16-byte global load"
+            assert re.search(r"STG\.E\.128", sass), f"{arch}, {size}-byte kernel: no 16-byte global store"
+
+
+@needs_cuda_build
+def test_no_kernel_touches_local_memory(sass_by_kernel):
+    for key, sass in sass_by_kernel.items():
+        assert not re.search(r"\b(LDL|STL)\b", sass), f"{key}: local-memory traffic (spills or a stack array)"
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("make_view", [lambda t: t, lambda t: t[1:], lambda t: t.view(-1, 7).t()], ids=["whole", "misaligned", "transposed"])
+def test_cuda_matches_cpu_bit_for_bit(dtype, make_view):
+    w = make_view(torch.randn(4099 * 7 + 1).to(dtype)[: 4099 * 7])
+    state = torch.tensor([-3, 2**63 - 1])
+    cpu = tinybig_cuda.bernoulli_mask_apply(w, 0.4, state)
+    cuda = tinybig_cuda.bernoulli_mask_apply(w.cuda(), 0.4, state.cuda())
+    assert torch.equal(cpu.view(torch.uint8), cuda.cpu().view(torch.uint8))
+
+
+@needs_gpu
+def test_opcheck_on_cuda():
+    w = torch.randn(37, 129, device="cuda", dtype=torch.float64, requires_grad=True)
+    state = torch.tensor([1, 2], device="cuda")
+    torch.library.opcheck(torch.ops.tinybig_cuda.bernoulli_mask_apply.default, (w, 0.5, state, 0))
+
+
+@needs_gpu
+def test_graph_replay_reads_the_new_state():
+    w = torch.randn(1000, device="cuda")
+    state = torch.tensor([1, 2], device="cuda")
+    tinybig_cuda.bernoulli_mask_apply(w, 0.5, state)  # warm up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out = tinybig_cuda.bernoulli_mask_apply(w, 0.5, state)
+    for seed in (7, -8):
+        state.copy_(torch.tensor([seed, 3]))
+        graph.replay()
+        expected = tinybig_cuda.bernoulli_mask_apply(w.cpu(), 0.5, torch.tensor([seed, 3]))
+        assert torch.equal(out.cpu(), expected)
+
+
+@needs_gpu
+def test_side_stream():
+    w = torch.randn(5000, device="cuda")
+    state = torch.tensor([5, 6], device="cuda")
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        out = tinybig_cuda.bernoulli_mask_apply(w, 0.5, state)
+    torch.cuda.current_stream().wait_stream(stream)
+    assert torch.equal(out.cpu(), tinybig_cuda.bernoulli_mask_apply(w.cpu(), 0.5, state.cpu()))
