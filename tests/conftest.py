@@ -1,0 +1,182 @@
+"""Shared parameter lists and helpers of the tinybig_cuda test suite.
+
+Every comparison of op outputs is bitwise: tensors are compared through an integer view of the
+same width, so -0.0 differs from +0.0 and NaN payloads must match.
+"""
+
+import math
+import re
+
+import pytest
+import torch
+
+CUDA_AVAILABLE = torch.cuda.is_available()
+
+# 'cpu' always; 'cuda' only where a GPU is visible.
+DEVICES = [
+    pytest.param("cpu", id="cpu"),
+    pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device")),
+]
+
+# Every dtype the op masks (DESIGN.md §3).
+DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+DTYPE_IDS = ["float32", "float64", "float16", "bfloat16"]
+
+# Same-width integer dtype of each masked dtype: the view tensors are compared through.
+BITS_DTYPE = {
+    torch.float32: torch.int32,
+    torch.float64: torch.int64,
+    torch.float16: torch.int16,
+    torch.bfloat16: torch.int16,
+    torch.bool: torch.bool,
+}
+
+# dtypes the op must reject, with the names C++ (c10) and Python give them.
+BAD_W_DTYPES = {
+    torch.int32: ("Int", "int32"),
+    torch.int64: ("Long", "int64"),
+    torch.uint8: ("Byte", "uint8"),
+    torch.bool: ("Bool", "bool"),
+    torch.complex64: ("ComplexFloat", "complex64"),
+    torch.complex128: ("ComplexDouble", "complex128"),
+}
+
+# Seeds and offsets spanning the whole 64-bit range, as the int64 values rng_state holds.
+STATE_VALUES = [
+    0,
+    1,
+    -1,  # 2**64 - 1
+    2**31,
+    2**32 - 1,
+    2**32,
+    2**63 - 1,
+    -(2**63),  # 2**63
+    0x0123456789ABCDEF,
+    -0x0123456789ABCDEF,
+]
+
+
+def pytest_configure(config):
+    # Raised by torch itself while torch.compile imports; nothing this suite can act on.
+    config.addinivalue_line("filterwarnings", "ignore:`torch.jit.script_method` is deprecated:DeprecationWarning")
+
+
+@pytest.fixture(params=DEVICES)
+def device(request):
+    return request.param
+
+
+@pytest.fixture(params=DTYPES, ids=DTYPE_IDS)
+def dtype(request):
+    return request.param
+
+
+@pytest.fixture
+def restore_num_threads():
+    """Restores torch's intra-op thread count after a test changes it."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+def make_state(seed, offset, device="cpu"):
+    """rng_state = [seed, offset] as the op takes it: int64 [2] on `device`."""
+    return torch.tensor([seed, offset], dtype=torch.int64, device=device)
+
+
+def as_bits(tensor):
+    """The tensor's bit pattern as a same-width integer tensor (bool stays bool)."""
+    return tensor.view(BITS_DTYPE[tensor.dtype])
+
+
+def assert_bitwise_equal(actual, expected):
+    """Same shape, dtype, device, and bit for bit the same elements (-0.0 != +0.0, NaN payloads count)."""
+    assert isinstance(actual, torch.Tensor), type(actual)
+    assert actual.dtype == expected.dtype, (actual.dtype, expected.dtype)
+    assert actual.shape == expected.shape, (actual.shape, expected.shape)
+    assert actual.device == expected.device, (actual.device, expected.device)
+    actual_bits, expected_bits = as_bits(actual), as_bits(expected)
+    if not torch.equal(actual_bits, expected_bits):
+        differ = (actual_bits != expected_bits).nonzero()
+        raise AssertionError(
+            f"{differ.shape[0]} of {actual.numel()} elements differ bitwise; first at {differ[:5].tolist()}"
+        )
+
+
+def random_bits(shape, dtype, device="cpu", seed=0):
+    """A tensor of `dtype` whose elements are uniformly random bit patterns: NaNs with payloads,
+    infinities, -0.0, subnormals and negatives all occur, so only a bit copy reproduces it."""
+    generator = torch.Generator().manual_seed(seed)
+    bits_dtype = BITS_DTYPE[dtype]
+    info = torch.iinfo(bits_dtype)
+    bits = torch.randint(info.min, info.max, tuple(shape), dtype=bits_dtype, generator=generator)
+    return bits.view(dtype).to(device)
+
+
+def random_values(shape, dtype, device="cpu", seed=0):
+    """Ordinary finite non-zero values (1 to 2 in magnitude, either sign), for autograd tests."""
+    generator = torch.Generator().manual_seed(seed)
+    magnitude = 1.0 + torch.rand(tuple(shape), dtype=torch.float64, generator=generator)
+    sign = torch.randint(0, 2, tuple(shape), generator=generator) * 2 - 1
+    return (magnitude * sign).to(dtype=dtype, device=device)
+
+
+LAYOUTS = ["contiguous", "transposed", "sliced", "storage_offset"]
+
+
+def make_input(shape, layout, dtype, device="cpu", seed=0):
+    """A tensor of logical `shape` in memory `layout`, holding random bit patterns.
+
+    contiguous:      row-major.
+    transposed:      the transpose of a contiguous (shape[1], shape[0]) tensor (2-D only).
+    sliced:          every other column of a wider tensor, rows cut at both ends (strided, offset).
+    storage_offset:  contiguous but starting one element into its storage (misaligned pointer).
+    """
+    shape = tuple(shape)
+    if layout == "contiguous":
+        return random_bits(shape, dtype, device, seed)
+    if layout == "transposed":
+        assert len(shape) == 2, "transposed needs a 2-D shape"
+        result = random_bits(shape[::-1], dtype, device, seed).t()
+    elif layout == "sliced":
+        if len(shape) == 1:
+            result = random_bits((2 * shape[0] + 1,), dtype, device, seed)[1::2]
+        else:
+            wide = random_bits((shape[0] + 2,) + shape[1:-1] + (2 * shape[-1] + 1,), dtype, device, seed)
+            result = wide[1:-1, ..., 1::2]
+    elif layout == "storage_offset":
+        result = random_bits((math.prod(shape) + 1,), dtype, device, seed)[1:].view(shape)
+    else:
+        raise ValueError(layout)
+    assert result.shape == shape
+    if math.prod(shape) > 1 and layout in ("transposed", "sliced"):
+        assert not result.is_contiguous()
+    return result
+
+
+class Snapshot:
+    """Deep copies of the given tensors, to assert later that nothing modified them."""
+
+    def __init__(self, *tensors):
+        self.tensors = [t for t in tensors if isinstance(t, torch.Tensor)]
+        self.copies = [(t.detach().clone(), t.shape, t.stride(), t.storage_offset(), t.dtype, t.device) for t in self.tensors]
+        self.versions = [t._version for t in self.tensors]
+
+    def assert_unchanged(self):
+        for tensor, version, (copy, shape, stride, storage_offset, dtype, device) in zip(
+            self.tensors, self.versions, self.copies
+        ):
+            assert tensor.shape == shape and tensor.stride() == stride
+            assert tensor.storage_offset() == storage_offset
+            assert tensor.dtype == dtype and tensor.device == device
+            assert tensor._version == version, "an input was written in place"
+            if tensor.dtype in BITS_DTYPE:
+                assert_bitwise_equal(tensor.detach(), copy)
+            else:
+                assert torch.equal(tensor.detach(), copy)
+
+
+def error_pattern(argument, expected, got):
+    """A regex for pytest.raises(match=...) that needs the message to name `argument`, and to
+    contain the `expected` and `got` regexes, in any order."""
+    return rf"(?s)^(?=.*\b{argument}\b)(?=.*expected)(?=.*{expected})(?=.*got)(?=.*{got})"

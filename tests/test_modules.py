@@ -1,0 +1,277 @@
+"""tinyBIG's module API: fabrication and masking_reconciliation on the fused op."""
+
+import pytest
+import torch
+
+import tinybig_cuda
+from tinybig_cuda import fabrication, masking_reconciliation, reference
+
+from conftest import CUDA_AVAILABLE, DEVICES, Snapshot, as_bits, assert_bitwise_equal, random_bits, random_values
+
+N, D = 6, 11
+
+
+# ---------------------------------------------------------------- fabrication
+
+
+def test_fabrication_base_cannot_be_instantiated():
+    with pytest.raises(TypeError):
+        fabrication()
+    with pytest.raises(TypeError):
+        fabrication(name="x", require_parameters=False, enable_bias=True, device="cpu")
+
+
+def test_fabrication_subclass_works():
+    class doubling(fabrication):
+        def calculate_l(self, n, D):
+            return n * D
+
+        def forward(self, n, D, w, *args, **kwargs):
+            return 2 * w.view(n, D)
+
+    default = doubling()
+    assert default.get_name() == "base_fabrication"
+    assert isinstance(default, torch.nn.Module)
+    named = doubling(name="doubling", require_parameters=False, enable_bias=True, device="cpu")
+    assert named.get_name() == "doubling"
+    assert named.require_parameters is False and named.enable_bias is True and named.device == "cpu"
+    w = torch.arange(6.0)
+    assert torch.equal(named(w=w, n=2, D=3), 2 * w.view(2, 3))  # calling the instance runs forward
+
+    class incomplete(fabrication):
+        def calculate_l(self, n, D):
+            return n * D
+
+    with pytest.raises(TypeError):
+        incomplete()
+
+
+def test_masking_reconciliation_is_a_fabrication():
+    module = masking_reconciliation()
+    assert isinstance(module, fabrication) and isinstance(module, torch.nn.Module)
+    assert module.get_name() == "masking_reconciliation"
+    assert masking_reconciliation(name="mask").get_name() == "mask"
+    assert module.p == 0.5 and module.fixed_mask is True
+
+
+@pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
+@pytest.mark.parametrize("n, D", [(3, 5), (1, 1), (0, 7), (128, 3)])
+def test_calculate_l_is_n_times_D(p, n, D):
+    """n*D as tinyBIG's code does, not its docstring's p*n*D."""
+    assert masking_reconciliation(p=p).calculate_l(n, D) == n * D
+    assert masking_reconciliation(p=p).calculate_l(n=n, D=D) == n * D
+
+
+# ---------------------------------------------------------------- forward
+
+
+def _w_of_shape(kind, n, D, dtype=torch.float32, device="cpu", seed=0):
+    flat = random_bits((n * D,), dtype, device, seed)
+    return {"1xnD": flat.reshape(1, n * D), "nD": flat, "nxD": flat.reshape(n, D)}[kind]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("kind", ["1xnD", "nD", "nxD"])
+@pytest.mark.parametrize("fixed_mask", [True, False], ids=["fixed", "fresh"])
+def test_tinybig_keyword_call(device, kind, fixed_mask):
+    module = masking_reconciliation(p=0.5, fixed_mask=fixed_mask, device=device)
+    w = _w_of_shape(kind, N, D, device=device)
+    snapshot = Snapshot(w)
+    out = module(w=w, n=N, D=D, device=device)
+    snapshot.assert_unchanged()
+    assert out.shape == (N, D) and out.dtype == w.dtype and out.device == w.device and out.is_contiguous()
+    state = module.rng_state
+    assert state.dtype == torch.int64 and state.shape == (2,) and state.device == w.device
+    assert_bitwise_equal(out, reference.bernoulli_mask_apply(w.reshape(N, D), 0.5, state))
+    # Positional (n, D, w) and omitting device work too.
+    if fixed_mask:
+        assert_bitwise_equal(module(N, D, w), out)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_every_w_shape_gets_the_same_fixed_mask(device):
+    module = masking_reconciliation(p=0.5, device=device)
+    results = [module(w=_w_of_shape(kind, N, D, device=device), n=N, D=D, device=device) for kind in ("1xnD", "nD", "nxD")]
+    for result in results[1:]:
+        assert_bitwise_equal(result, results[0])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_tinybig_head_usage_with_channel_rows(device):
+    """tinyBIG's heads call fab(w=w[c:c+1, :], ...) per channel: one fixed mask for every channel,
+    and gradients reach exactly the kept entries of each row of the parameter."""
+    module = masking_reconciliation(p=0.5, device=device)
+    channels = 3
+    weight = torch.nn.Parameter(random_values((channels, module.calculate_l(N, D)), torch.float32, device))
+    outputs = [module(w=weight[c : c + 1, :], n=N, D=D, device=device) for c in range(channels)]
+    mask = module.generate_masking_matrix(N, D, device=device)
+    for c, out in enumerate(outputs):
+        assert torch.equal(out, torch.where(mask, weight[c].detach().view(N, D), 0.0))
+    sum(out.sum() for out in outputs).backward()
+    assert torch.equal(weight.grad, mask.reshape(1, -1).float().expand(channels, -1))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fixed_mask_is_the_same_every_call(device):
+    module = masking_reconciliation(p=0.5, fixed_mask=True, device=device)
+    state_before = module.rng_state.clone()
+    masks = []
+    for seed in range(3):
+        w = random_values((1, N * D), torch.float32, device, seed=seed)
+        masks.append(module(w=w, n=N, D=D, device=device) != 0)
+    assert 0 < int(masks[0].sum()) < N * D
+    for mask in masks[1:]:
+        assert torch.equal(mask, masks[0])
+    assert torch.equal(module.rng_state, state_before)
+    assert torch.equal(masks[0], module.generate_masking_matrix(N, D, device=device))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fresh_mask_each_call_and_backward_uses_that_calls_state(device):
+    module = masking_reconciliation(p=0.5, fixed_mask=False, device=device)
+    n, D = 16, 16
+    w1 = random_values((1, n * D), torch.float64, device, seed=1).requires_grad_()
+    w2 = random_values((1, n * D), torch.float64, device, seed=2).requires_grad_()
+    out1 = module(w=w1, n=n, D=D, device=device)
+    mask1 = module.generate_masking_matrix(n, D, device=device)
+    out2 = module(w=w2, n=n, D=D, device=device)
+    mask2 = module.generate_masking_matrix(n, D, device=device)
+    assert not torch.equal(mask1, mask2), "fixed_mask=False must draw a new mask per call"
+    assert torch.equal(out1, torch.where(mask1, w1.detach().view(n, D), 0.0))
+    assert torch.equal(out2, torch.where(mask2, w2.detach().view(n, D), 0.0))
+    # Backward of the first call, run after the second call, still uses the first call's mask.
+    out1.sum().backward()
+    assert torch.equal(w1.grad, mask1.reshape(1, -1).double())
+    out2.sum().backward()
+    assert torch.equal(w2.grad, mask2.reshape(1, -1).double())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_fresh_mask_states_come_from_torch_generator(device):
+    module = masking_reconciliation(p=0.5, fixed_mask=False, device=device)
+    w = torch.ones(1, N * D, device=device)
+    torch.manual_seed(2024)
+    first = [module(w=w, n=N, D=D, device=device) for _ in range(2)]
+    torch.manual_seed(2024)
+    second = [module(w=w, n=N, D=D, device=device) for _ in range(2)]
+    for a, b in zip(first, second):
+        assert_bitwise_equal(a, b)
+    assert not torch.equal(first[0], first[1])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("fixed_mask", [True, False], ids=["fixed", "fresh"])
+@pytest.mark.parametrize("n, D", [(1, 1), (37, 129), (5, 3)])
+def test_generate_masking_matrix_equals_applied_mask(device, fixed_mask, n, D):
+    module = masking_reconciliation(p=0.37, fixed_mask=fixed_mask, device=device)
+    w = random_values((n * D,), torch.float32, device, seed=n)  # no zeros, so out != 0 is the mask
+    out = module(w=w, n=n, D=D, device=device)
+    mask = module.generate_masking_matrix(n, D, device=device)
+    assert mask.dtype == torch.bool and mask.shape == (n, D) and mask.device.type == torch.device(device).type
+    assert torch.equal(out != 0, mask)
+    assert torch.equal(mask, reference.bernoulli_mask((n, D), 0.37, module.rng_state))
+
+
+@pytest.mark.parametrize("fixed_mask", [True, False], ids=["fixed", "fresh"])
+def test_p_zero_keeps_nothing_and_p_one_keeps_everything(fixed_mask):
+    w = random_bits((1, 64 * 65), torch.float32, seed=3)
+    nothing = masking_reconciliation(p=0.0, fixed_mask=fixed_mask)(w=w, n=64, D=65)
+    assert_bitwise_equal(nothing, torch.zeros(64, 65))
+    everything = masking_reconciliation(p=1.0, fixed_mask=fixed_mask)(w=w, n=64, D=65)
+    assert_bitwise_equal(everything, w.view(64, 65))
+    assert not masking_reconciliation(p=0).generate_masking_matrix(64, 65).any()
+    assert masking_reconciliation(p=1).generate_masking_matrix(64, 65).all()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("n, D, w_shape", [(0, 4, (1, 0)), (0, 4, (0,)), (0, 4, (0, 4)), (3, 0, (3, 0)), (0, 0, (0,))])
+def test_empty_matrices(device, n, D, w_shape):
+    module = masking_reconciliation(p=0.5, device=device)
+    w = torch.empty(w_shape, device=device, requires_grad=True)
+    out = module(w=w, n=n, D=D, device=device)
+    assert out.shape == (n, D) and out.dtype == w.dtype
+    out.sum().backward()
+    assert w.grad.shape == w_shape
+    assert module.generate_masking_matrix(n, D, device=device).shape == (n, D)
+    assert module.calculate_l(n, D) == 0
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=["float64", "float16", "bfloat16"])
+def test_module_keeps_w_dtype(dtype):
+    module = masking_reconciliation(p=0.5)
+    w = random_bits((1, N * D), dtype)
+    out = module(w=w, n=N, D=D)
+    assert out.dtype == dtype
+    assert torch.equal(out != 0, module.generate_masking_matrix(N, D) & (w.view(N, D) != 0))
+    assert_bitwise_equal(out, reference.bernoulli_mask_apply(w.view(N, D), 0.5, module.rng_state))
+
+
+# ---------------------------------------------------------------- state
+
+
+def test_state_dict_round_trip_reproduces_the_mask():
+    original = masking_reconciliation(p=0.5)
+    w = random_values((1, 32 * 32), torch.float32)
+    expected = original(w=w, n=32, D=32)
+    saved = original.state_dict()
+    assert set(saved) == {"rng_state"}
+    restored = masking_reconciliation(p=0.5)
+    assert not torch.equal(restored(w=w, n=32, D=32), expected), "a new module should draw a new mask"
+    restored.load_state_dict(saved)
+    assert_bitwise_equal(restored(w=w, n=32, D=32), expected)
+    assert torch.equal(restored.generate_masking_matrix(32, 32), original.generate_masking_matrix(32, 32))
+
+
+def test_state_dict_round_trip_through_torch_save(tmp_path):
+    original = masking_reconciliation(p=0.25)
+    torch.save(original.state_dict(), tmp_path / "mask.pt")
+    restored = masking_reconciliation(p=0.25)
+    restored.load_state_dict(torch.load(tmp_path / "mask.pt"))
+    assert torch.equal(restored.generate_masking_matrix(40, 40), original.generate_masking_matrix(40, 40))
+
+
+def test_manual_seed_reproduces_a_new_modules_mask():
+    torch.manual_seed(1234)
+    first = masking_reconciliation(p=0.5).generate_masking_matrix(32, 32)
+    torch.manual_seed(1234)
+    second = masking_reconciliation(p=0.5).generate_masking_matrix(32, 32)
+    torch.manual_seed(1235)
+    third = masking_reconciliation(p=0.5).generate_masking_matrix(32, 32)
+    assert torch.equal(first, second)
+    assert not torch.equal(first, third)
+
+
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device")
+def test_manual_seed_gives_one_mask_on_every_device():
+    torch.manual_seed(77)
+    on_cpu = masking_reconciliation(p=0.5, device="cpu")
+    torch.manual_seed(77)
+    on_cuda = masking_reconciliation(p=0.5, device="cuda")
+    assert on_cuda.rng_state.device.type == "cuda"
+    assert torch.equal(on_cpu.generate_masking_matrix(33, 9), on_cuda.generate_masking_matrix(33, 9, device="cuda").cpu())
+
+
+def test_rng_state_covers_the_64_bit_range():
+    """States are drawn over all of int64, so negative seeds and offsets occur."""
+    states = torch.stack([masking_reconciliation().rng_state for _ in range(64)])
+    assert (states < 0).any() and (states > 2**32).any()
+    assert len({tuple(s) for s in states.tolist()}) == 64
+
+
+def test_to_dtype_leaves_the_state_alone():
+    module = masking_reconciliation(p=0.5)
+    before = module.rng_state.clone()
+    module.to(torch.float64)
+    module.half()
+    assert module.rng_state.dtype == torch.int64
+    assert torch.equal(module.rng_state, before)
+
+
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device")
+def test_to_moves_the_state_and_keeps_the_mask():
+    module = masking_reconciliation(p=0.5)
+    w = random_values((1, N * D), torch.float32)
+    expected = module(w=w, n=N, D=D)
+    module.to("cuda")
+    assert module.rng_state.device.type == "cuda"
+    assert_bitwise_equal(module(w=w.cuda(), n=N, D=D, device="cuda").cpu(), expected)
