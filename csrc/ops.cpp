@@ -8,6 +8,8 @@
 #include <c10/util/irange.h>
 
 #include <array>
+#include <charconv>
+#include <string>
 #include <limits>
 
 #include "cpu/masked_copy.h"
@@ -16,10 +18,17 @@
 namespace tinybig_cuda {
 namespace {
 
+// The shortest text that reads back as `value` (as Python's repr): 1.0000001 must not print as 1.
+std::string shortest_repr(double value) {
+  char text[32];
+  const auto result = std::to_chars(text, text + sizeof(text), value);
+  return std::string(text, result.ptr);
+}
+
 void check_keep_probability(const char* op, double p) {
   // Written so that NaN fails too.
   TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op, ": expected p, the keep probability, in [0, 1], but got ",
-                    p);
+                    shortest_repr(p));
 }
 
 void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device) {

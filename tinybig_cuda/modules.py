@@ -127,14 +127,12 @@ class masking_reconciliation(fabrication):
             )
         if device is not None and not _is_on(w.device, torch.device(device)):
             raise ValueError(f"masking_reconciliation: expected device to be w's device {w.device}, but got {device!r}")
-        return bernoulli_mask_apply(w.reshape(n, D), self.p, self._state_for(w.device))
-
-    def _state_for(self, device):
         if self.fixed_mask:
-            return self.rng_state.to(device)  # a no-op once the module lives on w's device
-        state = _draw_rng_state(device)
-        self.rng_state = state  # kept only so generate_masking_matrix can show the last mask
-        return state
+            return bernoulli_mask_apply(w.reshape(n, D), self.p, self.rng_state.to(w.device))
+        state = _draw_rng_state(w.device)
+        masked = bernoulli_mask_apply(w.reshape(n, D), self.p, state)
+        self.rng_state = state  # kept, once the call succeeded, so generate_masking_matrix can show it
+        return masked
 
     def extra_repr(self):
         return f"p={self.p}, fixed_mask={self.fixed_mask}"

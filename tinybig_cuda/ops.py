@@ -53,14 +53,41 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
     return torch.ops.tinybig_cuda.bernoulli_mask.default(list(shape), p, rng_state, element_offset)
 
 
+_MASKABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+
+def _check_like_the_kernels(op, p, rng_state, device, element_offset):
+    """The C++ argument checks, repeated for the fake kernels: they also run where no real kernel
+    would (a meta rng_state beside a CPU w dispatches here), and must refuse the same inputs."""
+    torch._check_value(0.0 <= p <= 1.0, lambda: f"{op}: expected p, the keep probability, in [0, 1], but got {p!r}")
+    torch._check_type(
+        rng_state.dtype == torch.int64,
+        lambda: f"{op}: expected rng_state to be an int64 tensor [seed, offset], but got dtype {rng_state.dtype}",
+    )
+    torch._check_value(
+        rng_state.shape == (2,), lambda: f"{op}: expected rng_state to have shape [2] ([seed, offset]), but got shape {list(rng_state.shape)}"
+    )
+    torch._check_value(
+        rng_state.device == device,
+        lambda: f"{op}: expected rng_state on {device} (the device of the data it masks), but got it on {rng_state.device}",
+    )
+    torch._check_value(element_offset >= 0, lambda: f"{op}: expected element_offset >= 0, but got {element_offset}")
+
+
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply")
 def _(w, p, rng_state, element_offset=0):
+    op = "tinybig_cuda.bernoulli_mask_apply"
+    torch._check_type(
+        w.dtype in _MASKABLE_DTYPES, lambda: f"{op}: expected w to be float32, float64, float16 or bfloat16, but got dtype {w.dtype}"
+    )
+    _check_like_the_kernels(op, p, rng_state, w.device, element_offset)
     # The real kernels always return a fresh contiguous tensor, so the fake one does too.
     return torch.empty(w.shape, dtype=w.dtype, device=w.device)
 
 
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask")
 def _(shape, p, rng_state, element_offset=0):
+    _check_like_the_kernels("tinybig_cuda.bernoulli_mask", p, rng_state, rng_state.device, element_offset)
     return torch.empty(shape, dtype=torch.bool, device=rng_state.device)
 
 
