@@ -233,6 +233,16 @@ def test_checkpoint_gives_the_same_outputs_and_gradients(fixed_mask, use_reentra
     assert torch.equal(w.grad, plain_grad)
 
 
+def test_checkpoint_without_preserved_rng_redraws_fresh_masks():
+    # The documented hazard, as with dropout: preserve_rng_state=False lets the recomputation draw
+    # another state, so the backward masks differently from the forward. Fixed masks are immune.
+    fabrication = masking_reconciliation(p=0.5, fixed_mask=False)
+    w = torch.randn(1, 400, requires_grad=True)
+    out = checkpoint(lambda w: fabrication(w=w, n=20, D=20), w, use_reentrant=False, preserve_rng_state=False)
+    out.sum().backward()
+    assert not torch.equal(w.grad.view(20, 20) != 0, out != 0)
+
+
 # ---- torch.func ---------------------------------------------------------------------------------
 
 VMAP_FALLBACK_WARNING = "ignore:There is a performance drop because we have not yet implemented the batching rule"
