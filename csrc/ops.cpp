@@ -98,8 +98,10 @@ at::Tensor bernoulli_mask_with(MaskedCopyKernel kernel, at::IntArrayRef shape, d
 TORCH_LIBRARY(tinybig_cuda, m) {
   // rng_state is a tensor, not an int, so torch.compile does not specialise on the seed and a
   // CUDA graph replay reads whatever state was last written into it.
-  m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, int element_offset=0) -> Tensor");
-  m.def("bernoulli_mask(int[] shape, float p, Tensor rng_state, int element_offset=0) -> Tensor");
+  // SymInt sizes and offsets let torch.compile keep them symbolic instead of recompiling for
+  // each value; the kernels take them as plain integers.
+  m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
+  m.def("bernoulli_mask(SymInt[] shape, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
 }
 
 }  // namespace tinybig_cuda

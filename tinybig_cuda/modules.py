@@ -58,7 +58,7 @@ def _draw_rng_state(device):
     """A fresh [seed, offset] from torch's generator for `device`, covering all 64 bits of each.
 
     Drawn on the device itself, so CUDA states never cost a host sync."""
-    return torch.empty(2, dtype=torch.int64, device=device).random_(-(2**63), None)
+    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
 
 
 class masking_reconciliation(fabrication):
