@@ -1,8 +1,4 @@
-"""torch integration: torch.compile, torch.export, torch.utils.checkpoint, torch.func, no TorchScript.
-
-Tests marked xfail(strict=True) pin known bugs: they fail today and turn into failures (XPASS)
-the day the bug is fixed, so the marker gets removed with the fix.
-"""
+"""torch integration: torch.compile, torch.export, torch.utils.checkpoint, torch.func, no TorchScript."""
 
 import subprocess
 import sys
@@ -274,22 +270,24 @@ def test_backward_through_vmap():
 
 
 def test_func_grad_is_not_supported():
-    # A limitation of torch.library.register_autograd (also for torch.library.custom_op): torch.func's
-    # grad, vjp and jacrev reject the generated autograd.Function. Use torch.autograd instead.
+    # torch.func's grad, vjp and jacrev reject C++ autograd Functions with a clear error (as they
+    # reject torch.library.register_autograd's). Use torch.autograd instead.
     state = torch.tensor([5, 7])
     with pytest.raises(RuntimeError, match="functorch transforms"):
         torch.func.grad(lambda w: bernoulli_mask_apply(w, 0.5, state).sum())(torch.randn(4, 6))
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: forward-mode AD silently drops the tangent (torch.func.jvp returns zeros, "
-    "forward_ad.unpack_dual returns no tangent) instead of computing mask * tangent or raising: "
-    "register_autograd's kernel runs the op without autograd when no input requires grad"))
-def test_forward_mode_ad_tangent_is_the_masked_tangent():
+def test_forward_mode_ad_raises_instead_of_dropping_the_tangent():
+    # The C++ autograd Function has no jvp: forward-mode AD must fail loudly, never return a zero
+    # tangent (which a Python-registered autograd kernel silently did).
     state = torch.tensor([5, 7])
     w, tangent = torch.randn(4, 6), torch.randn(4, 6)
-    _, out_tangent = torch.func.jvp(lambda x: bernoulli_mask_apply(x, 0.5, state), (w,), (tangent,))
-    assert torch.equal(out_tangent, reference.bernoulli_mask_apply(tangent, 0.5, state))
+    with pytest.raises(RuntimeError, match="functorch transforms"):
+        torch.func.jvp(lambda x: bernoulli_mask_apply(x, 0.5, state), (w,), (tangent,))
+    with torch.autograd.forward_ad.dual_level():
+        dual = torch.autograd.forward_ad.make_dual(w, tangent)
+        with pytest.raises(RuntimeError, match="jvp is not implemented"):
+            bernoulli_mask_apply(dual, 0.5, state)
 
 
 # ---- no TorchScript -----------------------------------------------------------------------------

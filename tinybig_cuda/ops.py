@@ -1,4 +1,6 @@
-"""Typed Python entry points of the compiled ops, with their fake kernels and autograd."""
+"""Typed Python entry points of the compiled ops, with their fake kernels.
+
+The ops' autograd is registered in C++ (csrc/autograd.cpp)."""
 
 import os
 from typing import Sequence
@@ -89,22 +91,3 @@ def _(w, p, rng_state, element_offset=0):
 def _(shape, p, rng_state, element_offset=0):
     _check_like_the_kernels("tinybig_cuda.bernoulli_mask", p, rng_state, rng_state.device, element_offset)
     return torch.empty(shape, dtype=torch.bool, device=rng_state.device)
-
-
-def _setup_context(ctx, inputs, output):
-    # Only the 16-byte state is saved: the backward regenerates the mask from it.
-    _, p, rng_state, element_offset = inputs
-    ctx.save_for_backward(rng_state)
-    ctx.p = p
-    ctx.element_offset = element_offset
-
-
-def _backward(ctx, grad_output):
-    # The op is linear in w with a diagonal 0/1 Jacobian, so its backward is the op itself on the
-    # incoming gradient; calling the op (not a kernel) keeps double backward working.
-    (rng_state,) = ctx.saved_tensors
-    grad_w = torch.ops.tinybig_cuda.bernoulli_mask_apply.default(grad_output, ctx.p, rng_state, ctx.element_offset)
-    return grad_w, None, None, None
-
-
-torch.library.register_autograd("tinybig_cuda::bernoulli_mask_apply", _backward, setup_context=_setup_context)
