@@ -1,0 +1,462 @@
+"""Benchmarks tinybig_cuda's fused Bernoulli masking against tinyBIG's own and PyTorch's ways.
+
+    python bench/bench_masking.py                  # default sweep (< 2 min on a 2-core CPU)
+    python bench/bench_masking.py --quick          # 2 sizes, 3 repeats, for development
+    python bench/bench_masking.py --full           # 256² to 8192², float32, float16 and bfloat16
+    python bench/bench_masking.py --sizes 4096 8192 --dtypes float32 bfloat16 --impls ours_fixed copy
+
+The op is memory-bound: the best it can do is move the bytes of one copy. So every time is also
+given as effective GB/s (the bytes a one-pass kernel must move: w read and the output written,
+twice that for forward+backward) and as a percentage of the copy floor measured in the same run.
+Times are medians of several samples after warm-up; CUDA is timed with events. A "targets" block
+then checks the project's performance targets at 4096² float32 (reported, never enforced).
+
+Implementations (--impls):
+  ours_fixed        tinybig_cuda.masking_reconciliation(fixed_mask=True), called as tinyBIG's heads do
+  ours_fresh        the same with fixed_mask=False: a new 16-byte state per call
+  tinybig_fresh     tinyBIG 0.2.1's masking_reconciliation (bench/tinybig_replica.py), new mask per call
+  tinybig_cached    the same with fixed_mask=True: mask drawn once, then reused
+  tinybig_compiled  torch.compile of tinybig_fresh (inductor may fuse rand, compare and multiply)
+  dropout           F.dropout(w, 1 - p): PyTorch's built-in Bernoulli masking (it also rescales by 1/p)
+  copy              out.copy_(w) into a preallocated tensor: the memory floor
+  clone             w.clone(): the floor for any op that returns a new tensor (adds the allocation)
+
+Output: markdown tables on stdout (progress goes to stderr), a JSON file, and a log-log plot when
+matplotlib is installed (`pip install tinybig_cuda[bench]`).
+"""
+
+import argparse
+import json
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import tinybig_cuda
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import tinybig_replica  # noqa: E402  (beside this file, not an installed package)
+
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+IMPLEMENTATIONS = ["ours_fixed", "ours_fresh", "tinybig_fresh", "tinybig_cached", "tinybig_compiled", "dropout", "copy", "clone"]
+MODES = ["fwd", "fwd+bwd"]
+DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
+KEEP_PROBABILITY = 0.5
+
+
+# --------------------------------------------------------------------------------------------
+# The implementations: build_case turns a name into step(), one forward (or one forward and
+# backward) on prepared tensors, plus the module (or None) that holds its mask state.
+# --------------------------------------------------------------------------------------------
+
+def build_case(impl, n, dtype, device, mode):
+    """Prepares one (implementation, size, dtype, mode) case and returns (step, module, w)."""
+    D = n
+    backward = mode == "fwd+bwd"
+    # tinyBIG's heads pass each channel's parameters as a (1, n*D) row: fabricate from that shape.
+    w = torch.randn(1, n * D, dtype=dtype, device=device, requires_grad=backward)
+    grad_output = torch.randn(n, D, dtype=dtype, device=device)
+    module = None
+
+    if impl in ("copy", "clone"):
+        # The floors take no autograd: forward+backward is simply two passes over the bytes.
+        source = w.detach().view(n, D)
+        if impl == "copy":
+            out, grad_out = torch.empty_like(source), torch.empty_like(source)
+            forward = lambda: out.copy_(source)  # noqa: E731
+            second_pass = lambda: grad_out.copy_(grad_output)  # noqa: E731
+        else:
+            forward = source.clone
+            second_pass = grad_output.clone
+        if not backward:
+            return forward, None, w
+
+        def both():
+            forward()
+            second_pass()
+        return both, None, w
+
+    if impl == "dropout":
+        forward = lambda: F.dropout(w.view(n, D), p=1.0 - KEEP_PROBABILITY, training=True)  # noqa: E731
+    else:
+        if impl.startswith("ours"):
+            module = tinybig_cuda.masking_reconciliation(p=KEEP_PROBABILITY, fixed_mask=impl == "ours_fixed", device=device)
+            call = module
+        elif impl in ("tinybig_fresh", "tinybig_cached", "tinybig_compiled"):
+            module = tinybig_replica.masking_reconciliation(p=KEEP_PROBABILITY, fixed_mask=impl == "tinybig_cached")
+            call = module
+            if impl == "tinybig_compiled":
+                # A fresh compile per case: one static-shape graph each, never the recompile limit.
+                torch._dynamo.reset()
+                call = torch.compile(module, dynamic=False)
+        else:
+            raise ValueError(f"unknown implementation {impl!r}; expected one of {IMPLEMENTATIONS}")
+        device_name = str(device)
+        forward = lambda: call(n=n, D=D, w=w, device=device_name)  # noqa: E731  (tinyBIG's keyword call)
+
+    if not backward:
+        return forward, module, w
+
+    def forward_backward():
+        out = forward()
+        torch.autograd.grad(out, w, grad_output)
+    return forward_backward, module, w
+
+
+def saved_for_backward_bytes(step, w):
+    """Bytes autograd keeps between forward and backward in one (warm) `step`, seen by
+    saved_tensors_hooks.
+
+    Counted once per storage; the parameters w themselves are not counted (the model holds them
+    anyway). The floors run no autograd and so save nothing."""
+    storages = {}
+
+    def pack(tensor):
+        storage = tensor.untyped_storage()
+        if storage.data_ptr() != w.untyped_storage().data_ptr():
+            storages[storage.data_ptr()] = storage.nbytes()
+        return tensor
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+        step()
+    return sum(storages.values())
+
+
+def mask_state_bytes(module):
+    """Bytes of tensors a module keeps between calls: buffers and plain tensor attributes (where
+    tinyBIG keeps its mask). Parameters are not mask state and are not counted."""
+    if module is None:
+        return 0
+    tensors = {id(t): t for t in module.buffers()}
+    for child in module.modules():
+        tensors.update({id(v): v for v in vars(child).values() if isinstance(v, torch.Tensor)})
+    return sum(t.numel() * t.element_size() for t in tensors.values())
+
+
+# --------------------------------------------------------------------------------------------
+# Timing
+# --------------------------------------------------------------------------------------------
+
+def synchronize(device):
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_step(step, device, repeats, warmup, budget_seconds):
+    """Median and minimum seconds per call of `step`, and the number of samples, after `warmup`
+    untimed calls.
+
+    On the CPU every call is timed on its own: on a shared machine a call that loses its core to
+    another process is an outlier the median ignores, where an average over a loop would absorb
+    it. On CUDA a sample is a loop of calls between two events on the current stream (a host
+    timer would measure launches, and one small kernel per event pair would measure the gaps
+    between launches). At least `repeats` samples are taken, more while they fit in
+    `budget_seconds`, so small sizes get many."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    calls = 1
+    if torch.device(device).type == "cuda":
+        def sample():
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(calls):
+                step()
+            end.record()
+            end.synchronize()
+            return start.elapsed_time(end) / 1e3 / calls
+        calls = max(1, min(1000, math.ceil(1e-3 / max(sample(), 1e-7))))  # samples of about 1 ms
+    else:
+        def sample():
+            begin = time.perf_counter()
+            step()
+            return time.perf_counter() - begin
+    samples = []
+    deadline = time.perf_counter() + budget_seconds
+    while len(samples) < repeats or (time.perf_counter() < deadline and len(samples) < 100 * repeats):
+        samples.append(sample())
+    return statistics.median(samples), min(samples), len(samples)
+
+
+def measure(impl, n, dtype_name, mode, device, args, threads=None):
+    """Times one case and returns its JSON row (without the copy-relative column)."""
+    dtype = DTYPES[dtype_name]
+    previous_threads = torch.get_num_threads()
+    if threads is not None:
+        torch.set_num_threads(threads)
+    try:
+        step, module, w = build_case(impl, n, dtype, device, mode)
+        median, best, samples = time_step(step, device, args.repeats, args.warmup, args.budget_seconds)
+        held = mask_state_bytes(module)
+        saved = saved_for_backward_bytes(step, w) if mode == "fwd+bwd" else None
+        used_threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(previous_threads)
+    numel = n * n
+    moved = (2 if mode == "fwd" else 4) * numel * torch.empty((), dtype=dtype).element_size()
+    return {
+        "impl": impl, "mode": mode, "n": n, "D": n, "numel": numel, "dtype": dtype_name,
+        "device": str(device), "threads": used_threads,
+        "ms": median * 1e3, "ms_min": best * 1e3, "samples": samples, "gbps": moved / median / 1e9,
+        "elements_per_s": numel / median,
+        "saved_for_backward_bytes": saved, "mask_state_bytes": held,
+    }
+
+
+# --------------------------------------------------------------------------------------------
+# Reporting
+# --------------------------------------------------------------------------------------------
+
+def format_bytes(count):
+    if count is None:
+        return "-"
+    for unit, size in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if count >= size:
+            return f"{count / size:.1f} {unit}"
+    return f"{count} B"
+
+
+def add_copy_percentages(rows):
+    """% of copy = copy's time / this time, for the same size, dtype, mode and thread count:
+    100% means as fast as the memory floor."""
+    floors = {(r["n"], r["dtype"], r["mode"], r["threads"]): r["ms"] for r in rows if r["impl"] == "copy"}
+    for row in rows:
+        floor = floors.get((row["n"], row["dtype"], row["mode"], row["threads"]))
+        row["pct_of_copy"] = 100.0 * floor / row["ms"] if floor else None
+
+
+def markdown_tables(rows):
+    """One table per mode; the memory column is the one that matters for that mode."""
+    lines = []
+    for mode in MODES:
+        mode_rows = [r for r in rows if r["mode"] == mode]
+        if not mode_rows:
+            continue
+        memory_title, memory_key = (
+            ("mask state held", "mask_state_bytes") if mode == "fwd" else ("saved for backward", "saved_for_backward_bytes"))
+        lines += [f"**{'forward' if mode == 'fwd' else 'forward + backward'}**", "",
+                  f"| size | dtype | implementation | ms | GB/s | % of copy | {memory_title} |",
+                  "|---:|:---|:---|---:|---:|---:|---:|"]
+        for r in mode_rows:
+            pct = "-" if r["pct_of_copy"] is None else f"{r['pct_of_copy']:.0f}%"
+            lines.append(f"| {r['n']}² | {r['dtype']} | {r['impl']} | {r['ms']:.3f} | {r['gbps']:.1f} | {pct} | "
+                         f"{format_bytes(r[memory_key])} |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def find_row(rows, impl, n, dtype, mode, threads=None):
+    for r in rows:
+        if (r["impl"], r["n"], r["dtype"], r["mode"]) == (impl, n, dtype, mode) and threads in (None, r["threads"]):
+            return r
+    return None
+
+
+def evaluate_targets(rows, n, device, args, progress):
+    """The project's performance targets at n² float32, as ratios of times from this process.
+
+    Cases the sweep did not cover (other implementations, 1 and 2 threads, half precisions)
+    are measured here. Returns a list of target dicts; nothing fails when a target is missed."""
+    def get(impl, mode="fwd", dtype="float32", threads=None):
+        row = find_row(rows, impl, n, dtype, mode, threads)
+        if row is None:
+            progress(f"targets: {impl} {n}² {dtype} {mode}" + (f" {threads} thread(s)" if threads else ""))
+            row = measure(impl, n, dtype, mode, device, args, threads)
+            row["for_targets_only"] = True
+            rows.append(row)
+        return row["ms"]
+
+    # name, measured ratio, target, whether higher is better
+    targets = [
+        ("ours fixed fwd time / copy", get("ours_fixed") / get("copy"), 1.3, False),
+        ("tinyBIG fresh fwd / ours fresh fwd", get("tinybig_fresh") / get("ours_fresh"), 20.0, True),
+        ("tinyBIG cached fwd / ours fixed fwd", get("tinybig_cached") / get("ours_fixed"), 7.0, True),
+        ("torch.compile(tinyBIG fresh) fwd / ours fresh fwd", get("tinybig_compiled") / get("ours_fresh"), 10.0, True),
+        ("ours fixed fwd+bwd time / copy fwd", get("ours_fixed", "fwd+bwd") / get("copy"), 2.6, False),
+    ]
+    if torch.device(device).type == "cpu" and torch.get_num_threads() >= 2:
+        targets.append(("ours fixed fwd: 2 threads speed / 1 thread",
+                        get("ours_fixed", threads=1) / get("ours_fixed", threads=2), 1.8, True))
+    for half in ("float16", "bfloat16"):
+        # Same element count, so elements/s ratio = time ratio.
+        targets.append((f"ours fixed fwd: {half} elements/s / float32",
+                        get("ours_fixed") / get("ours_fixed", dtype=half), 1.0, True))
+    return [{"name": name, "ratio": ratio, "target": target, "higher_is_better": higher,
+             "met": ratio >= target if higher else ratio <= target} for name, ratio, target, higher in targets]
+
+
+def markdown_targets(targets, n, rows):
+    lines = [f"**targets at {n}² float32** (ratios of medians from this run)", "",
+             "| ratio | measured | target | |", "|:---|---:|---:|:---|"]
+    for t in targets:
+        bound = "≥" if t["higher_is_better"] else "≤"
+        lines.append(f"| {t['name']} | {t['ratio']:.2f}× | {bound} {t['target']:g}× | {'met' if t['met'] else 'not met'} |")
+    ours, clone = find_row(rows, "ours_fixed", n, "float32", "fwd"), find_row(rows, "clone", n, "float32", "fwd")
+    if ours and clone:
+        lines += ["", f"For reference: ours fixed fwd is {ours['ms'] / clone['ms']:.2f}× clone, the floor for an op "
+                      "that allocates its output (copy reuses one)."]
+    return "\n".join(lines)
+
+
+def draw_plot(rows, path, title):
+    """Time vs size, log-log, one line per implementation and dtype, one panel per mode.
+    Skipped (returns False) when matplotlib is not installed."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return False
+    rows = [r for r in rows if not r.get("for_targets_only")]
+    modes = [m for m in MODES if any(r["mode"] == m for r in rows)]
+    figure, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4.5), squeeze=False)
+    styles = dict(zip(DTYPES, ["-", "--", ":", "-."]))
+    for axis, mode in zip(axes[0], modes):
+        for color, impl in enumerate(IMPLEMENTATIONS):  # a colour per implementation, a line style per dtype
+            for dtype in DTYPES:
+                line = sorted((r["numel"], r["ms"]) for r in rows if (r["impl"], r["dtype"], r["mode"]) == (impl, dtype, mode))
+                if line:
+                    axis.plot(*zip(*line), styles[dtype], color=f"C{color}", marker="o", label=f"{impl} {dtype}")
+        axis.set(xscale="log", yscale="log", xlabel="elements (n × D)", ylabel="ms (median)",
+                 title=f"{'forward' if mode == 'fwd' else 'forward + backward'}")
+        axis.grid(True, which="both", alpha=0.3)
+    axes[0][-1].legend(fontsize=7)
+    figure.suptitle(title)
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+    return True
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+# --------------------------------------------------------------------------------------------
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096], help="n, for n×n matrices")
+    parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32"])
+    parser.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=IMPLEMENTATIONS)
+    parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
+    parser.add_argument("--repeats", type=int, default=5, help="timed calls per case at least; the median is reported")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (compiles torch.compile)")
+    parser.add_argument("--budget-seconds", type=float, default=0.1,
+                        help="time more calls than --repeats while they fit in this (small sizes)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the sweep")
+    parser.add_argument("--target-size", type=int, default=4096, help="n at which the targets are checked")
+    parser.add_argument("--no-targets", action="store_true", help="skip the targets block")
+    parser.add_argument("--json", type=Path, default=RESULTS_DIR / "bench_masking.json")
+    parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "bench_masking.png")
+    parser.add_argument("--no-plot", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="sizes 256 1024, 3 repeats, targets at 1024²")
+    parser.add_argument("--full", action="store_true", help="sizes 256 to 8192, float32, float16 and bfloat16")
+    args = parser.parse_args(argv)
+    if args.full:
+        args.sizes, args.dtypes = [256, 512, 1024, 2048, 4096, 8192], ["float32", "float16", "bfloat16"]
+    if args.quick:
+        args.sizes, args.repeats, args.target_size = [256, 1024], 3, 1024
+    if args.repeats < 1:
+        parser.error("--repeats must be at least 1")
+    return args
+
+
+def cpu_name():
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def environment(device):
+    info = {"torch": torch.__version__, "tinybig_cuda": tinybig_cuda.__version__, "device": str(device),
+            "python": platform.python_version(), "threads": torch.get_num_threads(),
+            "cpu": cpu_name(), "cpu_isa": tinybig_cuda._C.cpu_isa()}
+    if hasattr(os, "getloadavg"):
+        info["load_average_at_start"] = os.getloadavg()[0]
+    if torch.device(device).type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+def main(argv=None):
+    """Runs the sweep, prints the markdown report and writes JSON (and the plot); returns the results."""
+    args = parse_args(argv)
+    threads_before = torch.get_num_threads()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        return run_sweep(args)
+    finally:
+        torch.set_num_threads(threads_before)
+
+
+def run_sweep(args):
+    device = torch.device(args.device)
+    torch.manual_seed(0)
+    impls = list(args.impls)
+    ours_runs = device.type != "cuda" or tinybig_cuda._C.has_cuda_kernels()
+    if not ours_runs:
+        print("note: this build of tinybig_cuda has no CUDA kernels; skipping ours_* on CUDA", file=sys.stderr)
+        impls = [i for i in impls if not i.startswith("ours")]
+    if "copy" not in impls:
+        impls.append("copy")  # every other row is reported relative to it
+
+    env = environment(device)  # before the sweep, so the load average is the other processes'
+    cases = [(n, dtype, mode, impl) for n in args.sizes for dtype in args.dtypes for mode in args.modes for impl in impls]
+    started = time.perf_counter()
+
+    def progress(message):
+        print(f"[{time.perf_counter() - started:6.1f} s] {message}", file=sys.stderr, flush=True)
+
+    rows = []
+    for index, (n, dtype, mode, impl) in enumerate(cases, 1):
+        row = measure(impl, n, dtype, mode, device, args)
+        rows.append(row)
+        progress(f"{index}/{len(cases)} {n}² {dtype} {mode:7} {impl:16} {row['ms']:10.3f} ms")
+
+    targets = []
+    target_ready = args.target_size in args.sizes and "float32" in args.dtypes and not args.no_targets and ours_runs
+    if target_ready:
+        targets = evaluate_targets(rows, args.target_size, device, args, progress)
+    add_copy_percentages(rows)
+
+    where = env.get("gpu") or f"{env['cpu']} CPU, {env['threads']} threads, tinybig_cuda CPU ISA {env['cpu_isa']}"
+    print(f"## Bernoulli masking: torch {env['torch']}, {where}\n")
+    print(f"Median of ≥ {args.repeats} timed calls per case; p = {KEEP_PROBABILITY}; effective GB/s counts the bytes a one-pass "
+          "kernel must move (w read + output written; twice that with backward); % of copy = copy's time / this time.\n")
+    if env.get("load_average_at_start", 0) > 0.25 * (os.cpu_count() or 1) and device.type == "cpu":
+        print(f"Warning: the machine's load average was {env['load_average_at_start']:.1f} at the start: another "
+              "process shares these cores, so times (above all with several threads) are noisy.\n")
+    print(markdown_tables([r for r in rows if not r.get("for_targets_only")]))
+    if targets:
+        print(markdown_targets(targets, args.target_size, rows))
+    elif not args.no_targets:
+        print(f"(targets skipped: they need {args.target_size} in --sizes, float32 in --dtypes and ours on {device})")
+
+    results = {"environment": env, "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
+               "rows": rows, "targets": targets, "seconds": time.perf_counter() - started}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1))
+    progress(f"wrote {args.json}")
+    if not args.no_plot:
+        if draw_plot(rows, args.plot, f"tinybig_cuda masking, {where}"):
+            progress(f"wrote {args.plot}")
+        else:
+            progress("no plot: matplotlib is not installed (pip install matplotlib)")
+    return results
+
+
+if __name__ == "__main__":
+    main()

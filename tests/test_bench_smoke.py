@@ -1,0 +1,100 @@
+"""Smoke test of bench/bench_masking.py: every implementation runs and reports sane rows.
+
+It checks behaviour (the rows, their keys, the memory each implementation keeps), never speed:
+timings on a shared CI machine say nothing, and the bench reports targets without failing them.
+"""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_masking.py"
+N = 64
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("bench_masking", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def bench():
+    return load_bench()
+
+
+@pytest.fixture(scope="module")
+def results(bench, tmp_path_factory):
+    """One tiny sweep of every implementation (one process, so torch.compile compiles once)."""
+    out = tmp_path_factory.mktemp("bench")
+    argv = ["--sizes", str(N), "--repeats", "1", "--warmup", "1", "--budget-seconds", "0", "--device", "cpu",
+            "--target-size", str(N), "--json", str(out / "results.json"), "--plot", str(out / "plot.png")]
+    returned = bench.main(argv)
+    return returned, out
+
+
+def test_every_implementation_and_mode_has_one_row(bench, results):
+    returned, _ = results
+    sweep = [r for r in returned["rows"] if not r.get("for_targets_only")]
+    assert sorted((r["impl"], r["mode"]) for r in sweep) == sorted(
+        (impl, mode) for impl in bench.IMPLEMENTATIONS for mode in bench.MODES)
+
+
+def test_json_rows_have_the_expected_keys_and_positive_numbers(results):
+    returned, out = results
+    written = json.loads((out / "results.json").read_text())
+    assert written["rows"] == json.loads(json.dumps(returned["rows"]))
+    expected = {"impl", "mode", "n", "D", "numel", "dtype", "device", "threads", "ms", "ms_min", "samples",
+                "gbps", "elements_per_s", "pct_of_copy", "saved_for_backward_bytes", "mask_state_bytes"}
+    for row in written["rows"]:
+        assert expected <= row.keys(), row
+        assert (row["n"], row["D"], row["numel"]) == (N, N, N * N)
+        for key in ("ms", "ms_min", "gbps", "elements_per_s"):
+            assert row[key] > 0, (key, row)
+        if not row.get("for_targets_only"):  # those may have no copy row of their dtype or thread count
+            assert row["pct_of_copy"] > 0, row
+    for key in ("torch", "device", "threads", "cpu_isa"):
+        assert key in written["environment"]
+
+
+def find(rows, impl, mode):
+    return next(r for r in rows if (r["impl"], r["mode"], r["n"], r["dtype"]) == (impl, mode, N, "float32"))
+
+
+def test_memory_columns_show_what_each_implementation_keeps(results):
+    rows = results[0]["rows"]
+    # Ours keeps and saves only the 16-byte [seed, offset] state, never a mask.
+    for impl in ("ours_fixed", "ours_fresh"):
+        assert find(rows, impl, "fwd+bwd")["saved_for_backward_bytes"] == 16
+        assert find(rows, impl, "fwd")["mask_state_bytes"] == 16
+    # tinyBIG saves its n*D boolean mask for backward and keeps it as an attribute.
+    for impl in ("tinybig_fresh", "tinybig_cached", "tinybig_compiled"):
+        assert find(rows, impl, "fwd+bwd")["saved_for_backward_bytes"] >= N * N
+        assert find(rows, impl, "fwd")["mask_state_bytes"] == N * N
+    for impl in ("copy", "clone"):
+        assert find(rows, impl, "fwd+bwd")["saved_for_backward_bytes"] == 0
+        assert find(rows, impl, "fwd")["mask_state_bytes"] == 0
+    assert find(rows, "copy", "fwd")["pct_of_copy"] == pytest.approx(100.0)
+
+
+def test_targets_are_reported_not_enforced(results):
+    targets = results[0]["targets"]
+    assert len(targets) >= 7
+    for target in targets:
+        assert {"name", "ratio", "target", "higher_is_better", "met"} <= target.keys()
+        assert target["ratio"] > 0 and isinstance(target["met"], bool)
+
+
+def test_plot_is_drawn_when_matplotlib_is_installed(results):
+    pytest.importorskip("matplotlib")
+    plot = results[1] / "plot.png"
+    assert plot.stat().st_size > 0
+
+
+def test_markdown_table_lists_every_row(bench, results):
+    rows = [r for r in results[0]["rows"] if not r.get("for_targets_only")]
+    table = bench.markdown_tables(rows)
+    assert table.count(f"| {N}² | float32 |") == len(rows)
