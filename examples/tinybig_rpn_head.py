@@ -23,32 +23,18 @@ covariances, whose Bayes-optimal boundaries are quadratic, so the degree-2 expan
 
 import argparse
 import statistics
+import sys
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import tinybig_cuda
 
-
-class TinybigMaskingReconciliation(torch.nn.Module):
-    """tinyBIG 0.2.1's masking_reconciliation, line for line (see /work/shared/ORIGINAL.md)."""
-
-    def __init__(self, name="masking_reconciliation", p=0.5, fixed_mask=True, device="cpu"):
-        super().__init__()
-        self.name, self.p, self.fixed_mask, self.device = name, p, fixed_mask, device
-        self.mask_matrix = None
-
-    def calculate_l(self, n, D):
-        return n * D
-
-    def generate_masking_matrix(self, n, D, device="cpu"):
-        self.mask_matrix = torch.rand(n, D, device=device) < self.p
-
-    def forward(self, n, D, w, device="cpu", *args, **kwargs):
-        if not self.fixed_mask or self.mask_matrix is None:
-            self.generate_masking_matrix(n, D, device=device)
-        return w.view(n, D) * self.mask_matrix.to(device)
+# The one replica of tinyBIG's class, shared with the benchmarks.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+from tinybig_replica import masking_reconciliation as TinybigMaskingReconciliation  # noqa: E402
 
 
 def taylor_expansion(x: torch.Tensor) -> torch.Tensor:
