@@ -100,6 +100,13 @@ TORCH_LIBRARY(tinybig_cuda, m) {
   // CUDA graph replay reads whatever state was last written into it.
   m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, int element_offset=0) -> Tensor");
   m.def("bernoulli_mask(int[] shape, float p, Tensor rng_state, int element_offset=0) -> Tensor");
+  // Compact parameters (only the kept entries stored): the mask's kept count, and the scatter and
+  // gather between the kept values (in row-major order) and the full matrix, each the other's
+  // adjoint. kept_count is an argument, not read from the mask, so compress's output shape is
+  // known without running it; the kernels refuse a count that is not the mask's.
+  m.def("bernoulli_mask_count(int numel, float p, Tensor rng_state, int element_offset=0) -> Tensor");
+  m.def("bernoulli_mask_expand(Tensor values, float p, Tensor rng_state, int[] shape, int element_offset=0) -> Tensor");
+  m.def("bernoulli_mask_compress(Tensor full, float p, Tensor rng_state, int kept_count, int element_offset=0) -> Tensor");
 }
 
 }  // namespace tinybig_cuda
