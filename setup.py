@@ -64,6 +64,7 @@ def make_extension():
     with_cuda, why = decide_cuda_build(torch)
     cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's choice
     sources = ["csrc/ops.cpp", "csrc/autograd.cpp", "csrc/cpu/masked_copy.cpp", "csrc/cpu/mask_ops_cpu.cpp"]
+    sources += ["csrc/compact_op.cpp", "csrc/cpu/compact_ranges.cpp", "csrc/cpu/compact_ops_cpu.cpp"]
     options = dict(
         name="tinybig_cuda._C",
         include_dirs=[str(ROOT / "csrc")],
@@ -80,6 +81,7 @@ def make_extension():
         log(f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} (from the environment)")
     log(f"building the CPU and CUDA kernels: {why}")
     sources += ["csrc/cuda/mask_ops_cuda.cpp", "csrc/cuda/masked_copy.cu"]
+    sources += ["csrc/cuda/compact_ops_cuda.cpp", "csrc/cuda/compact.cu"]
     nvcc_flags = ["-O3", "-Xptxas=-v"]  # -v prints registers and spills per kernel
     return CUDAExtension(
         sources=sources,

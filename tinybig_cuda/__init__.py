@@ -4,11 +4,17 @@
     bernoulli_mask(shape, p, rng_state)     that mask, materialised for inspection
     fabrication                             tinyBIG's parameter-fabrication base module
     masking_reconciliation                  tinyBIG's masking reconciliation on the fused op
+                                            (compact=True: only the kept entries are parameters)
+    bernoulli_mask_count / count_kept       how many entries a mask keeps (tensor / int)
+    bernoulli_mask_expand                   kept values -> the full masked matrix
+    bernoulli_mask_compress                 full matrix -> its kept values
 """
 
 from . import reference
 from .modules import fabrication, masking_reconciliation
+from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_mask_expand, count_kept
 from .ops import bernoulli_mask, bernoulli_mask_apply
 
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask", "fabrication", "masking_reconciliation", "reference"]
+__all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
 __version__ = "0.1.0"

@@ -5,7 +5,8 @@ from abc import ABC, abstractmethod
 
 import torch
 
-from .ops import bernoulli_mask, bernoulli_mask_apply
+from .compact import bernoulli_mask_compress, bernoulli_mask_expand, count_kept
+from .ops import _MASKABLE_DTYPES, bernoulli_mask, bernoulli_mask_apply
 
 __all__ = ["fabrication", "masking_reconciliation"]
 
@@ -75,25 +76,64 @@ class masking_reconciliation(fabrication):
             from torch's default generator at construction (so ``torch.manual_seed`` reproduces
             it), saved in ``state_dict`` and moved by ``.to()``. If False, each call draws a new
             state from the generator of w's device, and its backward reuses that call's state.
+        compact: keyword only. If True, the parameters are only the K entries the fixed mask keeps
+            (K is about p*n*D), in row-major order: `calculate_l` returns K and `forward` scatters
+            w's K values into the (n, D) matrix, zeros elsewhere. The parameters, their gradients,
+            optimizer state and checkpoints then take about p times the memory. Requires
+            ``fixed_mask=True``. `compress_parameters` and `expand_parameters` convert between
+            full (tinyBIG-style) and compact parameters.
         *args, **kwargs: passed on to `fabrication` (``require_parameters``, ``enable_bias``,
             ``device``). The ``rng_state`` buffer is created on ``device``.
     """
 
-    def __init__(self, name="masking_reconciliation", p=0.5, fixed_mask=True, *args, **kwargs):
+    def __init__(self, name="masking_reconciliation", p=0.5, fixed_mask=True, *args, compact=False, **kwargs):
         super().__init__(name, *args, **kwargs)
         self.p = _check_keep_probability(p)
+        if compact and not fixed_mask:
+            raise ValueError(
+                "masking_reconciliation: compact=True stores only the entries one fixed mask keeps, so it "
+                f"expected fixed_mask=True, but got fixed_mask={fixed_mask!r}"
+            )
         self.fixed_mask = bool(fixed_mask)
+        self.compact = bool(compact)
+        self._kept_counts = {}  # (n, D, p, state identity) -> K, so forward checks w without recounting
         # Drawn on the CPU for every device, so one torch.manual_seed gives one mask everywhere.
         state = _draw_rng_state("cpu").to(self.device)
         self.register_buffer("rng_state", state, persistent=self.fixed_mask)
 
     def calculate_l(self, n, D):
-        """Returns n*D, the length of w that `forward` reshapes to (n, D).
+        """Returns the length of w that `forward` takes for an (n, D) matrix.
 
-        tinyBIG's documentation says l = p*n*D, but its code (like this one) takes all n*D
-        entries of w and zeroes the dropped ones, so n*D is the count it needs.
+        Without ``compact``: n*D. tinyBIG's documentation says l = p*n*D, but its code (like this
+        one) takes all n*D entries of w and zeroes the dropped ones, so n*D is the count it needs.
+
+        With ``compact=True``: K, the exact number of entries the module's mask keeps of an (n, D)
+        matrix (its expectation is p*n*D, as tinyBIG's documentation promises), counted by a
+        kernel without materialising the mask (on CUDA, one host sync, then remembered).
         """
-        return _check_size("n", n) * _check_size("D", D)
+        n, D = _check_size("n", n), _check_size("D", D)
+        return self._kept_count(n, D) if self.compact else n * D
+
+    def _kept_count(self, n, D, recount=False):
+        state = self.rng_state
+        # A buffer written in place (load_state_dict) bumps its version; a moved one is a new tensor.
+        key = (n, D, self.p, state.device, state.data_ptr(), state._version)
+        if recount or key not in self._kept_counts:
+            if len(self._kept_counts) >= 64:
+                self._kept_counts.clear()
+            self._kept_counts[key] = count_kept(n * D, self.p, state)
+        return self._kept_counts[key]
+
+    def _check_compact_w(self, n, D, w):
+        if w.numel() == self._kept_count(n, D):
+            return
+        # Never trust a remembered count to refuse w: count again (the op checks it anyway).
+        kept = self._kept_count(n, D, recount=True)
+        if w.numel() != kept:
+            raise ValueError(
+                f"masking_reconciliation: expected w to have calculate_l({n}, {D}) = {kept} elements (compact=True: "
+                f"the entries the mask keeps of the {n}x{D} matrix), but got shape {tuple(w.shape)} ({w.numel()} elements)"
+            )
 
     def generate_masking_matrix(self, n, D, device="cpu"):
         """The boolean (n, D) keep-mask of the current ``rng_state`` (for ``fixed_mask=False``,
@@ -111,7 +151,9 @@ class masking_reconciliation(fabrication):
         Args:
             n, D: the matrix's shape.
             w: parameters with n*D elements, of shape (1, n*D), (n*D,), (n, D) or any other
-                shape that reshapes to (n, D) in row-major order.
+                shape that reshapes to (n, D) in row-major order. With ``compact=True``: the
+                calculate_l(n, D) = K kept entries, in row-major order, of shape (1, K), (K,) or
+                any other shape with K elements.
             device: optional; if given, it must be w's device (tinyBIG passes it).
 
         Returns:
@@ -120,13 +162,19 @@ class masking_reconciliation(fabrication):
         n, D = _check_size("n", n), _check_size("D", D)
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"masking_reconciliation: expected w to be a torch.Tensor, but got {type(w).__name__}")
+        if self.compact:
+            self._check_device(w, device)
+            if w.dtype not in _MASKABLE_DTYPES:  # named here, since the op calls w `values`
+                raise TypeError(f"masking_reconciliation: expected w to be float32, float64, float16 or bfloat16, but got dtype {w.dtype}")
+            if not torch.compiler.is_compiling():  # the op checks the count again, also when compiled
+                self._check_compact_w(n, D, w)
+            return bernoulli_mask_expand(w.reshape(-1), self.p, self.rng_state.to(w.device), (n, D))
         if w.numel() != n * D:
             raise ValueError(
                 f"masking_reconciliation: expected w to have n*D = {n}*{D} = {n * D} elements, "
                 f"but got shape {tuple(w.shape)} ({w.numel()} elements)"
             )
-        if device is not None and not _is_on(w.device, torch.device(device)):
-            raise ValueError(f"masking_reconciliation: expected device to be w's device {w.device}, but got {device!r}")
+        self._check_device(w, device)
         if self.fixed_mask:
             return bernoulli_mask_apply(w.reshape(n, D), self.p, self.rng_state.to(w.device))
         state = _draw_rng_state(w.device)
@@ -134,8 +182,70 @@ class masking_reconciliation(fabrication):
         self.rng_state = state  # kept, once the call succeeded, so generate_masking_matrix can show it
         return masked
 
+    @staticmethod
+    def _check_device(w, device):
+        if device is not None and not _is_on(w.device, torch.device(device)):
+            raise ValueError(f"masking_reconciliation: expected device to be w's device {w.device}, but got {device!r}")
+
+    def compress_parameters(self, w, n, D):
+        """Full parameters -> compact ones: the entries of each (n, D) row of `w` that this module's
+        mask keeps, for loading full-size (tinyBIG-style) weights into a compact module.
+
+        Args:
+            w: tensor of shape (..., n*D), e.g. tinyBIG's (1, n*D) or (channels, n*D) parameter.
+            n, D: the matrix's shape.
+
+        Returns:
+            A new tensor of shape (..., K), K = calculate_l(n, D) of a compact module with this
+            ``rng_state`` and ``p``; `forward` of a compact module on it gives the same matrix as
+            `forward` of a full module on `w`. (tinyBIG's own masks come from torch.rand and
+            cannot be reproduced: a converted model uses this module's mask.)
+        """
+        n, D = _check_size("n", n), _check_size("D", D)
+        self._check_fixed_mask("compress_parameters")
+        if w.dim() == 0 or w.shape[-1] != n * D:
+            raise ValueError(f"masking_reconciliation: expected w of shape (..., n*D) = (..., {n * D}), but got shape {tuple(w.shape)}")
+        kept = self._kept_count(n, D)
+        state = self.rng_state.to(w.device)
+        rows = [bernoulli_mask_compress(row, self.p, state, kept) for row in w.reshape(-1, n * D)]
+        return _stack_rows(rows, w, kept)
+
+    def expand_parameters(self, w, n, D):
+        """Compact parameters -> full ones: each row of K kept entries scattered into its (n, D)
+        matrix's row-major positions, zeros elsewhere; the inverse of `compress_parameters` up to
+        the dropped entries.
+
+        Args:
+            w: tensor of shape (..., K), K = calculate_l(n, D) of a compact module.
+            n, D: the matrix's shape.
+
+        Returns:
+            A new tensor of shape (..., n*D).
+        """
+        n, D = _check_size("n", n), _check_size("D", D)
+        self._check_fixed_mask("expand_parameters")
+        kept = self._kept_count(n, D)
+        if w.dim() == 0 or w.shape[-1] != kept:
+            raise ValueError(
+                f"masking_reconciliation: expected w of shape (..., K) = (..., {kept}), K the entries the mask keeps "
+                f"of the {n}x{D} matrix, but got shape {tuple(w.shape)}"
+            )
+        state = self.rng_state.to(w.device)
+        rows = [bernoulli_mask_expand(row, self.p, state, (n * D,)) for row in w.reshape(-1, kept)]
+        return _stack_rows(rows, w, n * D)
+
+    def _check_fixed_mask(self, method):
+        if not self.fixed_mask:
+            raise ValueError(f"masking_reconciliation.{method}: converts parameters under one fixed mask, so it expected fixed_mask=True, but got fixed_mask=False")
+
     def extra_repr(self):
-        return f"p={self.p}, fixed_mask={self.fixed_mask}"
+        return f"p={self.p}, fixed_mask={self.fixed_mask}" + (", compact=True" if self.compact else "")
+
+
+def _stack_rows(rows, w, row_length):
+    if not rows:
+        return w.new_empty(tuple(w.shape[:-1]) + (row_length,))
+    return torch.stack(rows).reshape(tuple(w.shape[:-1]) + (row_length,))
 
 
 def _is_on(actual: torch.device, requested: torch.device) -> bool:

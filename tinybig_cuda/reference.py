@@ -78,3 +78,34 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     """Reference for tinybig_cuda.bernoulli_mask_apply: w where kept, +0.0 where dropped."""
     mask = bernoulli_mask(w.shape, p, rng_state.to(w.device), element_offset)
     return torch.where(mask, w, torch.zeros((), dtype=w.dtype, device=w.device)).contiguous()
+
+
+# ---------------------------------------------------------------- compact parameters
+
+_BITS_DTYPE = {1: torch.uint8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+
+
+def bernoulli_mask_count(numel: int, p: float, rng_state: torch.Tensor, element_offset: int = 0) -> int:
+    """Reference for tinybig_cuda.bernoulli_mask_count: the mask's popcount, as an int."""
+    return int(keep_mask(numel, p, rng_state, element_offset).sum())
+
+
+def bernoulli_mask_expand(values: torch.Tensor, p: float, rng_state: torch.Tensor, shape, element_offset: int = 0) -> torch.Tensor:
+    """Reference for tinybig_cuda.bernoulli_mask_expand: `values` at the kept positions (row-major),
+    +0.0 elsewhere. Moves bit patterns, so NaN payloads and -0.0 survive."""
+    shape = tuple(shape)
+    mask = keep_mask(math.prod(shape), p, rng_state.to(values.device), element_offset)
+    kept = int(mask.sum())
+    if values.numel() != kept:
+        raise ValueError(f"expected values to have {kept} elements, the mask's kept count, but got {values.numel()}")
+    bits_dtype = _BITS_DTYPE[values.element_size()]
+    full = torch.zeros(mask.shape, dtype=bits_dtype, device=values.device)
+    full[mask] = values.reshape(-1).view(bits_dtype)
+    return full.view(values.dtype).reshape(shape)
+
+
+def bernoulli_mask_compress(full: torch.Tensor, p: float, rng_state: torch.Tensor, element_offset: int = 0) -> torch.Tensor:
+    """Reference for tinybig_cuda.bernoulli_mask_compress: the kept entries of `full`, row-major."""
+    mask = keep_mask(full.numel(), p, rng_state.to(full.device), element_offset)
+    bits_dtype = _BITS_DTYPE[full.element_size()]
+    return full.reshape(-1).view(bits_dtype)[mask].view(full.dtype)

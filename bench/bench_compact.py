@@ -1,0 +1,161 @@
+"""Compact parameters vs full ones vs tinyBIG: the memory a masked (n, D) weight costs to train and
+to checkpoint, and the time of its fabrication forward and forward+backward.
+
+    python bench/bench_compact.py                      # 4096 x 4096 float32, p = 0.1, 0.25, 0.5
+    python bench/bench_compact.py --size 1024 --repeats 3 --device cuda
+
+Variants, each a fixed mask applied to one (1, l) parameter row as tinyBIG's heads do:
+  tinyBIG   tinyBIG 0.2.1's masking_reconciliation (replica below): l = n*D, mask = torch.rand < p,
+            a bool (n, D) tensor kept alive as a plain attribute (so not in the checkpoint: a
+            reloaded model draws a different mask), applied as w.view(n, D) * mask
+  full      tinybig_cuda.masking_reconciliation: l = n*D, the mask regenerated from a 16-byte state
+  compact   tinybig_cuda.masking_reconciliation(compact=True): l = K ~ p*n*D kept entries
+
+Memory is measured, not computed: parameter, gradient and Adam state bytes after one Adam step,
+the bytes of mask state the module keeps alive, and the size of torch.save(state_dict()).
+Times are medians over --repeats runs after a warm-up (CUDA timed with events).
+"""
+
+import argparse
+import io
+import statistics
+import sys
+import time
+
+import torch
+
+import tinybig_cuda
+
+MIB = 2**20
+
+
+class tinybig_masking_reconciliation(torch.nn.Module):
+    """tinyBIG 0.2.1's masking_reconciliation with fixed_mask=True, as its code does it."""
+
+    def __init__(self, p=0.5):
+        super().__init__()
+        self.p = p
+        self.mask_matrix = None
+
+    def calculate_l(self, n, D):
+        return n * D
+
+    def forward(self, n, D, w, device="cpu"):
+        if self.mask_matrix is None:
+            self.mask_matrix = torch.rand(n, D, device=device) < self.p
+        return w.view(n, D) * self.mask_matrix.to(device)
+
+
+class OneRowHead(torch.nn.Module):
+    """The part of a tinyBIG head that owns the parameters: w = Parameter(rand(1, l))."""
+
+    def __init__(self, fabrication, n, D, dtype, device):
+        super().__init__()
+        self.fabrication, self.n, self.D, self.device = fabrication, n, D, device
+        self.w = torch.nn.Parameter(torch.rand(1, fabrication.calculate_l(n=n, D=D), dtype=dtype, device=device))
+
+    def forward(self):
+        return self.fabrication(w=self.w, n=self.n, D=self.D, device=self.device)
+
+
+def make_fabrication(variant, p, device):
+    if variant == "tinyBIG":
+        return tinybig_masking_reconciliation(p=p)
+    return tinybig_cuda.masking_reconciliation(p=p, compact=variant == "compact", device=device)
+
+
+def tensor_bytes(tensors):
+    return sum(t.numel() * t.element_size() for t in tensors if isinstance(t, torch.Tensor))
+
+
+def measure_memory(head):
+    """(parameters, gradients, Adam state, mask state, checkpoint) bytes after one Adam step."""
+    optimizer = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=0.0)
+    head().sum().backward()
+    optimizer.step()
+    parameters = tensor_bytes(head.parameters())
+    gradients = tensor_bytes(p.grad for p in head.parameters())
+    adam = tensor_bytes(value for state in optimizer.state.values() for value in state.values())
+    fabrication = head.fabrication
+    mask = tensor_bytes([getattr(fabrication, "mask_matrix", None)]) + tensor_bytes(fabrication.buffers())
+    buffer = io.BytesIO()
+    torch.save(head.state_dict(), buffer)
+    head.w.grad = None
+    del optimizer
+    return parameters, gradients, adam, mask, buffer.getbuffer().nbytes
+
+
+def median_ms(function, repeats, device):
+    function()  # warm-up
+    samples = []
+    for _ in range(repeats):
+        if device.type == "cuda":
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            function()
+            end.record()
+            torch.cuda.synchronize()
+            samples.append(start.elapsed_time(end))
+        else:
+            begin = time.perf_counter()
+            function()
+            samples.append((time.perf_counter() - begin) * 1e3)
+    return statistics.median(samples)
+
+
+def measure_time(head, repeats, device):
+    grad_output = torch.randn(head.n, head.D, dtype=head.w.dtype, device=device)
+
+    def forward():
+        with torch.no_grad():
+            head()
+
+    def forward_backward():
+        head.w.grad = None
+        head().backward(grad_output)
+
+    return median_ms(forward, repeats, device), median_ms(forward_backward, repeats, device)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", type=int, default=4096, help="n = D (default 4096)")
+    parser.add_argument("--p", type=float, nargs="+", default=[0.1, 0.25, 0.5], help="keep probabilities")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    device, dtype, n = torch.device(args.device), getattr(torch, args.dtype), args.size
+
+    print(
+        f"{n} x {n} {args.dtype} on {device} (torch {torch.__version__}, {torch.get_num_threads()} CPU threads); "
+        "MiB = 2**20 bytes; 'training state' = parameters + gradients + Adam state + mask state",
+        file=sys.stderr,
+    )
+    rows = []
+    for p in args.p:
+        for variant in ("tinyBIG", "full", "compact"):
+            torch.manual_seed(0)
+            head = OneRowHead(make_fabrication(variant, p, args.device), n, n, dtype, args.device)
+            parameters, gradients, adam, mask, checkpoint = measure_memory(head)
+            forward_ms, forward_backward_ms = measure_time(head, args.repeats, device)
+            total = parameters + gradients + adam + mask
+            rows.append((p, variant, head.w.shape[1], parameters, gradients, adam, mask, total, checkpoint, forward_ms, forward_backward_ms))
+            print(f"  p={p} {variant}: done", file=sys.stderr)
+            del head
+
+    print("| p | variant | l | parameters | gradients | Adam state | mask state | training state | vs full | checkpoint | forward ms | fwd+bwd ms |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    full_totals = {row[0]: row[7] for row in rows if row[1] == "full"}
+    for p, variant, l, parameters, gradients, adam, mask, total, checkpoint, forward_ms, forward_backward_ms in rows:
+        full_total = full_totals[p]
+        mask_text = f"{mask / MIB:.1f} MiB" if mask >= MIB else f"{mask} B"
+        print(
+            f"| {p} | {variant} | {l:,} | {parameters / MIB:.1f} MiB | {gradients / MIB:.1f} MiB | {adam / MIB:.1f} MiB | "
+            f"{mask_text} | {total / MIB:.1f} MiB | {total / full_total:.2f} | {checkpoint / MIB:.1f} MiB | "
+            f"{forward_ms:.1f} | {forward_backward_ms:.1f} |"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,174 @@
+"""Compact parameters: store only the entries a fixed mask keeps.
+
+A mask that is a pure function of ``rng_state`` (DESIGN.md §2) lets a model keep just the ``K``
+entries it keeps out of an ``(n, D)`` matrix, in row-major order, and fabricate the full matrix
+when it is used. These are the typed entry points of the three compiled ops that make that work,
+with their fake kernels and autograd:
+
+    bernoulli_mask_count(numel, p, rng_state)           K, as an int64 tensor on rng_state's device
+    count_kept(numel, p, rng_state)                     K, as a Python int
+    bernoulli_mask_expand(values, p, rng_state, shape)  the K values scattered into a zero matrix
+    bernoulli_mask_compress(full, p, rng_state, K)      the K kept entries of a full matrix
+
+Expand and compress are each other's adjoint, so each is the other's backward.
+"""
+
+from typing import Optional, Sequence
+
+import torch
+
+from .ops import _MASKABLE_DTYPES, _check_like_the_kernels  # importing ops loads the compiled library
+
+__all__ = ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
+
+
+def bernoulli_mask_count(numel: int, p: float, rng_state: torch.Tensor, element_offset: int = 0) -> torch.Tensor:
+    """How many of ``numel`` elements the Bernoulli(p) mask of `rng_state` keeps, counted by a
+    kernel without materialising the mask.
+
+    Args:
+        numel: number of elements (``n*D`` for an (n, D) matrix).
+        p: keep probability in [0, 1].
+        rng_state: int64 tensor ``[seed, offset]``; the count is made on its device.
+        element_offset: flat index of the first element in a larger logical matrix.
+
+    Returns:
+        An int64 scalar tensor on `rng_state`'s device (no host sync on CUDA). Its expectation is
+        ``p * numel``.
+    """
+    return torch.ops.tinybig_cuda.bernoulli_mask_count.default(numel, p, rng_state, element_offset)
+
+
+def count_kept(numel: int, p: float, rng_state: torch.Tensor, element_offset: int = 0) -> int:
+    """`bernoulli_mask_count` as a Python int (on CUDA, this waits for the count)."""
+    return int(bernoulli_mask_count(numel, p, rng_state, element_offset).item())
+
+
+def bernoulli_mask_expand(
+    values: torch.Tensor, p: float, rng_state: torch.Tensor, shape: Sequence[int], element_offset: int = 0
+) -> torch.Tensor:
+    """The full matrix of `shape` whose kept entries, in row-major order, are `values`.
+
+    Entry i of the result (row-major) is ``values[r]`` where the mask keeps i and r kept entries
+    precede it, and +0.0 where the mask drops i. So for any full matrix ``w``,
+    ``bernoulli_mask_expand(bernoulli_mask_compress(w, ...), ...)`` is
+    ``bernoulli_mask_apply(w, ...)`` bit for bit. Differentiable in `values`; the backward is
+    `bernoulli_mask_compress` of the incoming gradient.
+
+    Args:
+        values: 1-D float32, float64, float16 or bfloat16 tensor holding exactly the mask's kept
+            count of entries (anything else raises a ValueError that says both counts; on CUDA,
+            checking costs one host sync per call).
+        p: keep probability in [0, 1].
+        rng_state: int64 tensor ``[seed, offset]`` on `values`' device.
+        shape: the full matrix's shape.
+        element_offset: flat index of the matrix's element 0 in a larger logical matrix (for
+            shards); ``values[0]`` is then the shard's first kept entry.
+
+    Returns:
+        A new contiguous tensor of `shape` and `values`' dtype.
+    """
+    return torch.ops.tinybig_cuda.bernoulli_mask_expand.default(values, p, rng_state, list(shape), element_offset)
+
+
+def bernoulli_mask_compress(
+    full: torch.Tensor, p: float, rng_state: torch.Tensor, kept_count: Optional[int] = None, element_offset: int = 0
+) -> torch.Tensor:
+    """The entries of `full` that the mask keeps, in row-major order.
+
+    Differentiable in `full`; the backward is `bernoulli_mask_expand` of the incoming gradient.
+
+    Args:
+        full: float32, float64, float16 or bfloat16 tensor of any shape and strides.
+        p: keep probability in [0, 1].
+        rng_state: int64 tensor ``[seed, offset]`` on `full`'s device.
+        kept_count: the mask's kept count for ``full.numel()`` elements (from `count_kept`). The op
+            needs it to know its output's size without running (torch.compile, fake tensors), and
+            refuses any other value. None counts it here first (on CUDA, a host sync).
+        element_offset: flat index of `full`'s element 0 in a larger logical matrix.
+
+    Returns:
+        A new contiguous 1-D tensor of `kept_count` elements, `full`'s dtype.
+    """
+    if kept_count is None:
+        kept_count = count_kept(full.numel(), p, rng_state, element_offset)
+    return torch.ops.tinybig_cuda.bernoulli_mask_compress.default(full, p, rng_state, kept_count, element_offset)
+
+
+# ---------------------------------------------------------------- fake kernels
+
+
+def _check_dtype(op, argument, tensor):
+    torch._check_type(
+        tensor.dtype in _MASKABLE_DTYPES,
+        lambda: f"{op}: expected {argument} to be float32, float64, float16 or bfloat16, but got dtype {tensor.dtype}",
+    )
+
+
+@torch.library.register_fake("tinybig_cuda::bernoulli_mask_count")
+def _(numel, p, rng_state, element_offset=0):
+    op = "tinybig_cuda.bernoulli_mask_count"
+    torch._check_value(numel >= 0, lambda: f"{op}: expected numel >= 0, but got {numel}")
+    _check_like_the_kernels(op, p, rng_state, rng_state.device, element_offset)
+    return torch.empty((), dtype=torch.int64, device=rng_state.device)
+
+
+@torch.library.register_fake("tinybig_cuda::bernoulli_mask_expand")
+def _(values, p, rng_state, shape, element_offset=0):
+    op = "tinybig_cuda.bernoulli_mask_expand"
+    _check_dtype(op, "values", values)
+    torch._check_value(
+        values.dim() == 1,
+        lambda: f"{op}: expected values to be 1-D (the kept entries in row-major order), but got shape {list(values.shape)}",
+    )
+    torch._check_value(all(size >= 0 for size in shape), lambda: f"{op}: expected a shape of non-negative sizes, but got {list(shape)}")
+    _check_like_the_kernels(op, p, rng_state, values.device, element_offset)
+    # Whether values holds the mask's kept count depends on data; the real kernels check it.
+    return torch.empty(shape, dtype=values.dtype, device=values.device)
+
+
+@torch.library.register_fake("tinybig_cuda::bernoulli_mask_compress")
+def _(full, p, rng_state, kept_count, element_offset=0):
+    op = "tinybig_cuda.bernoulli_mask_compress"
+    _check_dtype(op, "full", full)
+    torch._check_value(kept_count >= 0, lambda: f"{op}: expected kept_count >= 0, but got {kept_count}")
+    _check_like_the_kernels(op, p, rng_state, full.device, element_offset)
+    return torch.empty((kept_count,), dtype=full.dtype, device=full.device)
+
+
+# ---------------------------------------------------------------- autograd
+# Both ops are linear in their tensor input with 0/1 Jacobians that are each other's transpose, so
+# each one's backward is the other op on the incoming gradient; calling the ops (not kernels)
+# keeps double backward working. Only the 16-byte state and a few ints are saved.
+
+
+def _setup_expand(ctx, inputs, output):
+    values, p, rng_state, _, element_offset = inputs
+    ctx.save_for_backward(rng_state)
+    ctx.p, ctx.element_offset, ctx.kept_count = p, element_offset, values.shape[0]
+
+
+def _backward_expand(ctx, grad_full):
+    (rng_state,) = ctx.saved_tensors
+    grad_values = torch.ops.tinybig_cuda.bernoulli_mask_compress.default(
+        grad_full, ctx.p, rng_state, ctx.kept_count, ctx.element_offset
+    )
+    return grad_values, None, None, None, None
+
+
+def _setup_compress(ctx, inputs, output):
+    full, p, rng_state, _, element_offset = inputs
+    ctx.save_for_backward(rng_state)
+    ctx.p, ctx.element_offset, ctx.full_shape = p, element_offset, list(full.shape)
+
+
+def _backward_compress(ctx, grad_values):
+    (rng_state,) = ctx.saved_tensors
+    grad_full = torch.ops.tinybig_cuda.bernoulli_mask_expand.default(
+        grad_values, ctx.p, rng_state, ctx.full_shape, ctx.element_offset
+    )
+    return grad_full, None, None, None, None
+
+
+torch.library.register_autograd("tinybig_cuda::bernoulli_mask_expand", _backward_expand, setup_context=_setup_expand)
+torch.library.register_autograd("tinybig_cuda::bernoulli_mask_compress", _backward_compress, setup_context=_setup_compress)
