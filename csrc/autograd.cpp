@@ -1,6 +1,12 @@
-// Autograd for tinybig_cuda::bernoulli_mask_apply, in C++ so that a call costs microseconds less
-// than a Python autograd kernel, torch.func transforms can differentiate it, and forward-mode AD
-// raises instead of silently dropping tangents.
+// Autograd for the tinybig_cuda ops that take data, in C++: a differentiable call costs a few
+// microseconds instead of tens through a Python autograd kernel, and forward-mode AD and the
+// torch.func transforms refuse these ops with an error instead of silently dropping tangents.
+//
+// Every op is linear in its tensor input with a 0/1 Jacobian, and only the 16-byte rng_state and a
+// few integers are saved. Each backward calls the ops themselves (not kernels), so double backward
+// works too:
+//   bernoulli_mask_apply:    diagonal Jacobian, its own backward;
+//   bernoulli_mask_expand:   backward is bernoulli_mask_compress, and the other way round.
 #include <torch/csrc/autograd/custom_function.h>
 #include <torch/library.h>
 
@@ -9,35 +15,110 @@
 namespace tinybig_cuda {
 namespace {
 
-at::Tensor call_mask_apply(const at::Tensor& w, double p, const at::Tensor& rng_state,
-                           const c10::SymInt& element_offset) {
-  static const auto op = c10::Dispatcher::singleton()
-                             .findSchemaOrThrow("tinybig_cuda::bernoulli_mask_apply", "")
-                             .typed<at::Tensor(const at::Tensor&, double, const at::Tensor&, c10::SymInt)>();
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+template <typename Signature>
+c10::TypedOperatorHandle<Signature> find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
+}
+
+at::Tensor mask_apply(const at::Tensor& w, double p, const at::Tensor& rng_state,
+                      const c10::SymInt& element_offset) {
+  static const auto op =
+      find_op<at::Tensor(const at::Tensor&, double, const at::Tensor&, c10::SymInt)>(
+          "tinybig_cuda::bernoulli_mask_apply");
   return op.call(w, p, rng_state, element_offset);
 }
 
-class MaskApplyFunction : public torch::autograd::Function<MaskApplyFunction> {
+at::Tensor mask_expand(const at::Tensor& values, double p, const at::Tensor& rng_state,
+                       c10::SymIntArrayRef shape, const c10::SymInt& element_offset) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, double, const at::Tensor&,
+                                            c10::SymIntArrayRef, c10::SymInt)>(
+      "tinybig_cuda::bernoulli_mask_expand");
+  return op.call(values, p, rng_state, shape, element_offset);
+}
+
+at::Tensor mask_compress(const at::Tensor& full, double p, const at::Tensor& rng_state,
+                         const c10::SymInt& kept_count, const c10::SymInt& element_offset) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, double, const at::Tensor&,
+                                            c10::SymInt, c10::SymInt)>(
+      "tinybig_cuda::bernoulli_mask_compress");
+  return op.call(full, p, rng_state, kept_count, element_offset);
+}
+
+// Saves what every backward needs: the state (as a tensor, so in-place changes before the
+// backward are caught), p and the element offset.
+void save_mask(AutogradContext* context, const at::Tensor& rng_state, double p,
+               const c10::SymInt& element_offset) {
+  context->save_for_backward({rng_state});
+  context->saved_data["p"] = p;
+  context->saved_data["element_offset"] = element_offset;
+}
+
+struct SavedMask {
+  at::Tensor rng_state;
+  double p;
+  c10::SymInt element_offset;
+};
+
+SavedMask load_mask(AutogradContext* context) {
+  return {context->get_saved_variables()[0], context->saved_data["p"].toDouble(),
+          context->saved_data["element_offset"].toSymInt()};
+}
+
+class MaskApply : public torch::autograd::Function<MaskApply> {
  public:
-  static at::Tensor forward(torch::autograd::AutogradContext* context, const at::Tensor& w,
-                            double p, const at::Tensor& rng_state, c10::SymInt element_offset) {
-    // Only the 16-byte state is saved: the backward regenerates the mask from it.
-    context->save_for_backward({rng_state});
-    context->saved_data["p"] = p;
-    context->saved_data["element_offset"] = element_offset;
+  static at::Tensor forward(AutogradContext* context, const at::Tensor& w, double p,
+                            const at::Tensor& rng_state, c10::SymInt element_offset) {
+    save_mask(context, rng_state, p, element_offset);
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_mask_apply(w, p, rng_state, element_offset);
+    return mask_apply(w, p, rng_state, element_offset);
   }
 
-  // The op is linear in w with a diagonal 0/1 Jacobian, so its backward is the op itself on the
-  // incoming gradient; calling the op (with autograd) keeps double backward working.
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* context,
-                                                 torch::autograd::variable_list grad_outputs) {
-    const at::Tensor rng_state = context->get_saved_variables()[0];
-    const at::Tensor grad_w =
-        call_mask_apply(grad_outputs[0], context->saved_data["p"].toDouble(), rng_state,
-                        context->saved_data["element_offset"].toSymInt());
-    return {grad_w, at::Tensor(), at::Tensor(), at::Tensor()};
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const SavedMask mask = load_mask(context);
+    return {mask_apply(grad_outputs[0], mask.p, mask.rng_state, mask.element_offset),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class MaskExpand : public torch::autograd::Function<MaskExpand> {
+ public:
+  static at::Tensor forward(AutogradContext* context, const at::Tensor& values, double p,
+                            const at::Tensor& rng_state, c10::SymIntArrayRef shape,
+                            c10::SymInt element_offset) {
+    save_mask(context, rng_state, p, element_offset);
+    context->saved_data["kept_count"] = values.sym_numel();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return mask_expand(values, p, rng_state, shape, element_offset);
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const SavedMask mask = load_mask(context);
+    const at::Tensor grad_values =
+        mask_compress(grad_outputs[0], mask.p, mask.rng_state,
+                      context->saved_data["kept_count"].toSymInt(), mask.element_offset);
+    return {grad_values, at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+class MaskCompress : public torch::autograd::Function<MaskCompress> {
+ public:
+  static at::Tensor forward(AutogradContext* context, const at::Tensor& full, double p,
+                            const at::Tensor& rng_state, c10::SymInt kept_count,
+                            c10::SymInt element_offset) {
+    save_mask(context, rng_state, p, element_offset);
+    context->saved_data["shape"] = full.sym_sizes();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return mask_compress(full, p, rng_state, kept_count, element_offset);
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const SavedMask mask = load_mask(context);
+    const std::vector<c10::SymInt> shape = context->saved_data["shape"].toSymIntVector();
+    return {mask_expand(grad_outputs[0], mask.p, mask.rng_state, shape, mask.element_offset),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -46,8 +127,19 @@ class MaskApplyFunction : public torch::autograd::Function<MaskApplyFunction> {
 TORCH_LIBRARY_IMPL(tinybig_cuda, Autograd, m) {
   m.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p, const at::Tensor& rng_state,
                                     c10::SymInt element_offset) {
-    return MaskApplyFunction::apply(w, p, rng_state, std::move(element_offset));
+    return MaskApply::apply(w, p, rng_state, std::move(element_offset));
   });
+  m.impl("bernoulli_mask_expand",
+         [](const at::Tensor& values, double p, const at::Tensor& rng_state,
+            c10::SymIntArrayRef shape, c10::SymInt element_offset) {
+           return MaskExpand::apply(values, p, rng_state, shape, std::move(element_offset));
+         });
+  m.impl("bernoulli_mask_compress",
+         [](const at::Tensor& full, double p, const at::Tensor& rng_state, c10::SymInt kept_count,
+            c10::SymInt element_offset) {
+           return MaskCompress::apply(full, p, rng_state, std::move(kept_count),
+                                      std::move(element_offset));
+         });
 }
 
 }  // namespace tinybig_cuda

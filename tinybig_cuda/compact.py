@@ -3,7 +3,7 @@
 A mask that is a pure function of ``rng_state`` (DESIGN.md §2) lets a model keep just the ``K``
 entries it keeps out of an ``(n, D)`` matrix, in row-major order, and fabricate the full matrix
 when it is used. These are the typed entry points of the three compiled ops that make that work,
-with their fake kernels and autograd:
+with their fake kernels (their autograd is in csrc/autograd.cpp):
 
     bernoulli_mask_count(numel, p, rng_state)           K, as an int64 tensor on rng_state's device
     count_kept(numel, p, rng_state)                     K, as a Python int
@@ -134,41 +134,3 @@ def _(full, p, rng_state, kept_count, element_offset=0):
     torch._check_value(kept_count >= 0, lambda: f"{op}: expected kept_count >= 0, but got {kept_count}")
     _check_like_the_kernels(op, p, rng_state, full.device, element_offset)
     return torch.empty((kept_count,), dtype=full.dtype, device=full.device)
-
-
-# ---------------------------------------------------------------- autograd
-# Both ops are linear in their tensor input with 0/1 Jacobians that are each other's transpose, so
-# each one's backward is the other op on the incoming gradient; calling the ops (not kernels)
-# keeps double backward working. Only the 16-byte state and a few ints are saved.
-
-
-def _setup_expand(ctx, inputs, output):
-    values, p, rng_state, _, element_offset = inputs
-    ctx.save_for_backward(rng_state)
-    ctx.p, ctx.element_offset, ctx.kept_count = p, element_offset, values.shape[0]
-
-
-def _backward_expand(ctx, grad_full):
-    (rng_state,) = ctx.saved_tensors
-    grad_values = torch.ops.tinybig_cuda.bernoulli_mask_compress.default(
-        grad_full, ctx.p, rng_state, ctx.kept_count, ctx.element_offset
-    )
-    return grad_values, None, None, None, None
-
-
-def _setup_compress(ctx, inputs, output):
-    full, p, rng_state, _, element_offset = inputs
-    ctx.save_for_backward(rng_state)
-    ctx.p, ctx.element_offset, ctx.full_shape = p, element_offset, list(full.shape)
-
-
-def _backward_compress(ctx, grad_values):
-    (rng_state,) = ctx.saved_tensors
-    grad_full = torch.ops.tinybig_cuda.bernoulli_mask_expand.default(
-        grad_values, ctx.p, rng_state, ctx.full_shape, ctx.element_offset
-    )
-    return grad_full, None, None, None, None
-
-
-torch.library.register_autograd("tinybig_cuda::bernoulli_mask_expand", _backward_expand, setup_context=_setup_expand)
-torch.library.register_autograd("tinybig_cuda::bernoulli_mask_compress", _backward_compress, setup_context=_setup_compress)
