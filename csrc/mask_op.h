@@ -3,6 +3,7 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <torch/library.h>
 
 #include "philox_mask.h"
 
@@ -18,5 +19,18 @@ at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& 
 
 at::Tensor bernoulli_mask_with(MaskedCopyKernel kernel, at::IntArrayRef shape, double p,
                                const at::Tensor& rng_state, int64_t element_offset);
+
+// Registers bernoulli_mask_apply and bernoulli_mask for one device, given its masked copy.
+template <MaskedCopyKernel kernel>
+void register_masking_ops(torch::Library& library) {
+  library.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p,
+                                          const at::Tensor& rng_state, int64_t element_offset) {
+    return bernoulli_mask_apply_with(kernel, w, p, rng_state, element_offset);
+  });
+  library.impl("bernoulli_mask", [](at::IntArrayRef shape, double p, const at::Tensor& rng_state,
+                                    int64_t element_offset) {
+    return bernoulli_mask_with(kernel, shape, p, rng_state, element_offset);
+  });
+}
 
 }  // namespace tinybig_cuda

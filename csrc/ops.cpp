@@ -1,4 +1,5 @@
-// The tinybig_cuda op schemas, their argument checks, and the Python module that loads them.
+// The tinybig_cuda op schemas, the device-independent halves of the masking ops, and the Python
+// module that loads them.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/library.h>
@@ -8,61 +9,18 @@
 #include <c10/util/irange.h>
 
 #include <array>
-#include <charconv>
 #include <string>
-#include <limits>
 
+#include "argument_checks.h"
 #include "cpu/masked_copy.h"
 #include "mask_op.h"
 
 namespace tinybig_cuda {
-namespace {
-
-// The shortest text that reads back as `value` (as Python's repr): 1.0000001 must not print as 1.
-std::string shortest_repr(double value) {
-  char text[32];
-  const auto result = std::to_chars(text, text + sizeof(text), value);
-  return std::string(text, result.ptr);
-}
-
-void check_keep_probability(const char* op, double p) {
-  // Written so that NaN fails too.
-  TORCH_CHECK_VALUE(p >= 0.0 && p <= 1.0, op, ": expected p, the keep probability, in [0, 1], but got ",
-                    shortest_repr(p));
-}
-
-void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device) {
-  TORCH_CHECK_TYPE(rng_state.scalar_type() == at::kLong, op,
-                   ": expected rng_state to be an int64 tensor [seed, offset], but got dtype ",
-                   rng_state.scalar_type());
-  TORCH_CHECK_VALUE(rng_state.dim() == 1 && rng_state.size(0) == 2, op,
-                    ": expected rng_state to have shape [2] ([seed, offset]), but got shape ",
-                    rng_state.sizes());
-  TORCH_CHECK_VALUE(rng_state.device() == device, op, ": expected rng_state on ", device,
-                    " (the device of the data it masks), but got it on ", rng_state.device());
-}
-
-void check_element_offset(const char* op, int64_t element_offset, int64_t numel) {
-  TORCH_CHECK_VALUE(element_offset >= 0, op, ": expected element_offset >= 0, but got ",
-                    element_offset);
-  TORCH_CHECK_VALUE(element_offset <= std::numeric_limits<int64_t>::max() - numel, op,
-                    ": expected element_offset + numel <= 2**63 - 1, but got element_offset ",
-                    element_offset, " with ", numel, " elements");
-}
-
-bool is_maskable_dtype(at::ScalarType dtype) {
-  return dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-         dtype == at::kBFloat16;
-}
-
-}  // namespace
 
 at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& w, double p,
                                      const at::Tensor& rng_state, int64_t element_offset) {
   constexpr const char* op = "tinybig_cuda.bernoulli_mask_apply";
-  TORCH_CHECK_TYPE(is_maskable_dtype(w.scalar_type()), op,
-                   ": expected w to be float32, float64, float16 or bfloat16, but got dtype ",
-                   w.scalar_type());
+  check_maskable_dtype(op, "w", w);
   check_keep_probability(op, p);
   check_rng_state(op, rng_state, w.device());
   check_element_offset(op, element_offset, w.numel());

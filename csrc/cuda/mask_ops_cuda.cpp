@@ -21,15 +21,6 @@ void masked_copy_cuda(const at::Tensor& input, at::Tensor& output, double p,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tinybig_cuda, CUDA, m) {
-  m.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p, const at::Tensor& rng_state,
-                                    int64_t element_offset) {
-    return bernoulli_mask_apply_with(masked_copy_cuda, w, p, rng_state, element_offset);
-  });
-  m.impl("bernoulli_mask", [](at::IntArrayRef shape, double p, const at::Tensor& rng_state,
-                              int64_t element_offset) {
-    return bernoulli_mask_with(masked_copy_cuda, shape, p, rng_state, element_offset);
-  });
-}
+TORCH_LIBRARY_IMPL(tinybig_cuda, CUDA, m) { register_masking_ops<masked_copy_cuda>(m); }
 
 }  // namespace tinybig_cuda
