@@ -5,7 +5,7 @@ to checkpoint, and the time of its fabrication forward and forward+backward.
     python bench/bench_compact.py --size 1024 --repeats 3 --device cuda
 
 Variants, each a fixed mask applied to one (1, l) parameter row as tinyBIG's heads do:
-  tinyBIG   tinyBIG 0.2.1's masking_reconciliation (replica below): l = n*D, mask = torch.rand < p,
+  tinyBIG   tinyBIG 0.2.1's masking_reconciliation (bench/tinybig_replica.py): l = n*D, mask = torch.rand < p,
             a bool (n, D) tensor kept alive as a plain attribute (so not in the checkpoint: a
             reloaded model draws a different mask), applied as w.view(n, D) * mask
   full      tinybig_cuda.masking_reconciliation: l = n*D, the mask regenerated from a 16-byte state
@@ -13,7 +13,7 @@ Variants, each a fixed mask applied to one (1, l) parameter row as tinyBIG's hea
 
 Memory is measured, not computed: parameter, gradient and Adam state bytes after one Adam step,
 the bytes of mask state the module keeps alive, and the size of torch.save(state_dict()).
-Times are medians over --repeats runs after a warm-up (CUDA timed with events).
+Times are medians of at least --repeats calls after a warm-up, timed as bench_masking.py times them.
 """
 
 import argparse
@@ -25,25 +25,10 @@ import time
 import torch
 
 import tinybig_cuda
+import tinybig_replica
+from bench_masking import time_step
 
 MIB = 2**20
-
-
-class tinybig_masking_reconciliation(torch.nn.Module):
-    """tinyBIG 0.2.1's masking_reconciliation with fixed_mask=True, as its code does it."""
-
-    def __init__(self, p=0.5):
-        super().__init__()
-        self.p = p
-        self.mask_matrix = None
-
-    def calculate_l(self, n, D):
-        return n * D
-
-    def forward(self, n, D, w, device="cpu"):
-        if self.mask_matrix is None:
-            self.mask_matrix = torch.rand(n, D, device=device) < self.p
-        return w.view(n, D) * self.mask_matrix.to(device)
 
 
 class OneRowHead(torch.nn.Module):
@@ -60,7 +45,7 @@ class OneRowHead(torch.nn.Module):
 
 def make_fabrication(variant, p, device):
     if variant == "tinyBIG":
-        return tinybig_masking_reconciliation(p=p)
+        return tinybig_replica.masking_reconciliation(p=p, fixed_mask=True)
     return tinybig_cuda.masking_reconciliation(p=p, compact=variant == "compact", device=device)
 
 
@@ -85,24 +70,6 @@ def measure_memory(head):
     return parameters, gradients, adam, mask, buffer.getbuffer().nbytes
 
 
-def median_ms(function, repeats, device):
-    function()  # warm-up
-    samples = []
-    for _ in range(repeats):
-        if device.type == "cuda":
-            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-            start.record()
-            function()
-            end.record()
-            torch.cuda.synchronize()
-            samples.append(start.elapsed_time(end))
-        else:
-            begin = time.perf_counter()
-            function()
-            samples.append((time.perf_counter() - begin) * 1e3)
-    return statistics.median(samples)
-
-
 def measure_time(head, repeats, device):
     grad_output = torch.randn(head.n, head.D, dtype=head.w.dtype, device=device)
 
@@ -114,7 +81,11 @@ def measure_time(head, repeats, device):
         head.w.grad = None
         head().backward(grad_output)
 
-    return median_ms(forward, repeats, device), median_ms(forward_backward, repeats, device)
+    def median_ms(step):
+        median_seconds, _, _ = time_step(step, device, repeats, warmup=1, budget_seconds=0.2, warmup_seconds=0.3)
+        return median_seconds * 1e3
+
+    return median_ms(forward), median_ms(forward_backward)
 
 
 def main():

@@ -148,7 +148,7 @@ def synchronize(device):
         torch.cuda.synchronize(device)
 
 
-def time_step(step, device, repeats, warmup, budget_seconds):
+def time_step(step, device, repeats, warmup, budget_seconds, warmup_seconds=0.0):
     """Median and minimum seconds per call of `step`, and the number of samples, after `warmup`
     untimed calls.
 
@@ -158,8 +158,13 @@ def time_step(step, device, repeats, warmup, budget_seconds):
     timer would measure launches, and one small kernel per event pair would measure the gaps
     between launches). At least `repeats` samples are taken, more while they fit in
     `budget_seconds`, so small sizes get many."""
-    for _ in range(warmup):
+    # At least `warmup` calls, and for at least `warmup_seconds`: the first calls at a new size
+    # pay one-off costs (compiling, the OS backing fresh memory, huge pages) that are not the op's.
+    warm_until = time.perf_counter() + warmup_seconds
+    calls_made = 0
+    while calls_made < warmup or time.perf_counter() < warm_until:
         step()
+        calls_made += 1
     synchronize(device)
     calls = 1
     if torch.device(device).type == "cuda":
@@ -192,7 +197,7 @@ def measure(impl, n, dtype_name, mode, device, args, threads=None):
         torch.set_num_threads(threads)
     try:
         step, module, w = build_case(impl, n, dtype, device, mode)
-        median, best, samples = time_step(step, device, args.repeats, args.warmup, args.budget_seconds)
+        median, best, samples = time_step(step, device, args.repeats, args.warmup, args.budget_seconds, args.warmup_seconds)
         held = mask_state_bytes(module)
         saved = saved_for_backward_bytes(step, w) if mode == "fwd+bwd" else None
         used_threads = torch.get_num_threads()
@@ -348,6 +353,7 @@ def parse_args(argv):
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case at least; the median is reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (compiles torch.compile)")
+    parser.add_argument("--warmup-seconds", type=float, default=0.3, help="and untimed calls for at least this long")
     parser.add_argument("--budget-seconds", type=float, default=0.1,
                         help="time more calls than --repeats while they fit in this (small sizes)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

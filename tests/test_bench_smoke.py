@@ -30,7 +30,7 @@ def bench():
 def results(bench, tmp_path_factory):
     """One tiny sweep of every implementation (one process, so torch.compile compiles once)."""
     out = tmp_path_factory.mktemp("bench")
-    argv = ["--sizes", str(N), "--repeats", "1", "--warmup", "1", "--budget-seconds", "0", "--device", "cpu",
+    argv = ["--sizes", str(N), "--repeats", "1", "--warmup", "1", "--warmup-seconds", "0", "--budget-seconds", "0", "--device", "cpu",
             "--target-size", str(N), "--json", str(out / "results.json"), "--plot", str(out / "plot.png")]
     returned = bench.main(argv)
     return returned, out

@@ -8,6 +8,7 @@
 
 #include "../compact_op.h"
 #include "compact_ranges.h"
+#include "huge_pages.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -55,6 +56,7 @@ at::Tensor expand_cpu(const at::Tensor& values, double p, const at::Tensor& rng_
   check_values_match_mask(values, first_rank.back(), shape);
 
   at::Tensor full = at::empty(shape, values.options());
+  advise_huge_pages(full.mutable_data_ptr(), full.nbytes());
   const at::Tensor compact = values.contiguous();
   const void* in = compact.const_data_ptr();
   void* out = full.mutable_data_ptr();
