@@ -4,7 +4,8 @@ Environment switches (each one, when set, is printed):
   TINYBIG_CUDA_BUILD=1   build the CUDA kernels, failing loudly if they cannot be built
   TINYBIG_CUDA_BUILD=0   skip the CUDA kernels even where they could be built
   CUDA_HOME              the CUDA toolkit; when unset, /usr/local/cuda is used if it holds nvcc
-  TORCH_CUDA_ARCH_LIST   the GPU architectures to compile for (default: 8.0;9.0+PTX)
+  TORCH_CUDA_ARCH_LIST   the GPU architectures to compile for (default: the visible GPUs', or
+                         8.0;9.0+PTX when none is visible)
   MAX_JOBS               parallel compile jobs (ninja)
 """
 
@@ -74,11 +75,13 @@ def make_extension():
         log(f"building the CPU kernels only: {why}")
         return CppExtension(sources=sources, extra_compile_args={"cxx": cxx_flags}, **options)
 
-    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
-        log(f"TORCH_CUDA_ARCH_LIST unset: compiling for {DEFAULT_CUDA_ARCH_LIST}")
-    else:
+    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
         log(f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} (from the environment)")
+    elif torch.cuda.is_available():
+        log("TORCH_CUDA_ARCH_LIST unset: compiling for the visible GPUs (torch's choice)")
+    else:
+        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+        log(f"TORCH_CUDA_ARCH_LIST unset and no GPU visible: compiling for {DEFAULT_CUDA_ARCH_LIST}")
     log(f"building the CPU and CUDA kernels: {why}")
     sources += ["csrc/cuda/mask_ops_cuda.cpp", "csrc/cuda/masked_copy.cu"]
     sources += ["csrc/cuda/compact_ops_cuda.cpp", "csrc/cuda/compact.cu"]
