@@ -8,7 +8,7 @@
 
 #include "../compact_op.h"
 #include "compact_ranges.h"
-#include "huge_pages.h"
+#include "cpu_op_helpers.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -16,12 +16,6 @@ namespace {
 // Elements per chunk: enough work (tens of microseconds) to amortise handing it to a thread, and
 // few enough chunks that their serial prefix sum costs nothing.
 constexpr int64_t kChunkElements = 1 << 16;
-
-MaskKey cpu_mask_key(const at::Tensor& rng_state, double p) {
-  const at::Tensor state = rng_state.contiguous();
-  const int64_t* words = state.const_data_ptr<int64_t>();
-  return MaskKey{static_cast<uint64_t>(words[0]), static_cast<uint64_t>(words[1]), keep_threshold(p)};
-}
 
 // first_rank[c] is the rank of chunk c's first kept element; first_rank.back() is the total.
 std::vector<int64_t> chunk_first_ranks(CpuIsa isa, int64_t numel, uint64_t element_offset,

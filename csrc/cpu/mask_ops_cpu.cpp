@@ -3,9 +3,8 @@
 #include <torch/library.h>
 
 #include "../mask_op.h"
-#include "huge_pages.h"
+#include "cpu_op_helpers.h"
 #include "masked_copy.h"
-
 
 namespace tinybig_cuda {
 namespace {
@@ -15,9 +14,7 @@ constexpr int64_t kElementsPerTask = 1 << 15;
 
 void masked_copy_cpu(const at::Tensor& input, at::Tensor& output, double p,
                      const at::Tensor& rng_state, uint64_t element_offset) {
-  const int64_t* state = rng_state.const_data_ptr<int64_t>();
-  const MaskKey key{static_cast<uint64_t>(state[0]), static_cast<uint64_t>(state[1]),
-                    keep_threshold(p)};
+  const MaskKey key = cpu_mask_key(rng_state, p);
   const CpuIsa isa = active_cpu_isa();
   const void* in = input.const_data_ptr();
   void* out = output.mutable_data_ptr();
