@@ -9,10 +9,12 @@
 #include <c10/util/irange.h>
 
 #include <array>
+#include <map>
 #include <string>
 
 #include "argument_checks.h"
 #include "cpu/masked_copy.h"
+#include "cpu/output_cache.h"
 #include "mask_op.h"
 
 namespace tinybig_cuda {
@@ -26,7 +28,7 @@ at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& 
   check_element_offset(op, element_offset, w.numel());
 
   // The output is always contiguous, so element i of the flat output is logical element i.
-  at::Tensor output = at::empty(w.sizes(), w.options());
+  at::Tensor output = empty_output(w.sizes(), w.options());
   if (w.numel() > 0) {
     kernel(w.contiguous(), output, p, rng_state.contiguous(), static_cast<uint64_t>(element_offset));
   }
@@ -44,7 +46,7 @@ at::Tensor bernoulli_mask_with(MaskedCopyKernel kernel, at::IntArrayRef shape, d
   check_rng_state(op, rng_state, rng_state.device());
   const at::TensorOptions options = rng_state.options().dtype(at::kBool);
   // The mask is the masked copy of an all-true tensor: one kernel serves both ops.
-  at::Tensor mask = at::empty(shape, options);
+  at::Tensor mask = empty_output(shape, options);
   check_element_offset(op, element_offset, mask.numel());
   if (mask.numel() > 0) {
     kernel(at::ones(shape, options), mask, p, rng_state.contiguous(),
@@ -98,6 +100,19 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              },
              "Forces the CPU kernel onto one instruction set (for tests and benchmarks); 'auto' "
              "returns to the fastest supported one.");
+  module.def("output_cache_info", [] {
+        const tc::OutputCacheInfo info = tc::output_cache_info();
+        return std::map<std::string, int64_t>{{"limit_bytes", info.limit_bytes},
+                                              {"cached_bytes", info.cached_bytes},
+                                              {"cached_blocks", info.cached_blocks},
+                                              {"hits", info.hits},
+                                              {"misses", info.misses}};
+      },
+      "The CPU output cache's limit, what it holds, and its hits and misses so far.");
+  module.def("set_output_cache_limit", &tc::set_output_cache_limit,
+             "Caches at most this many bytes of freed CPU outputs (0: none), freeing the rest.");
+  module.def("empty_output_cache", &tc::empty_output_cache,
+             "Frees every cached CPU output block.");
   module.def("has_cuda_kernels", [] {
 #ifdef TINYBIG_WITH_CUDA
         return true;

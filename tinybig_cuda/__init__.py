@@ -8,13 +8,17 @@
     bernoulli_mask_count / count_kept       how many entries a mask keeps (tensor / int)
     bernoulli_mask_expand                   kept values -> the full masked matrix
     bernoulli_mask_compress                 full matrix -> its kept values
+    cpu_output_cache_info, set_cpu_output_cache_limit, empty_cpu_output_cache
+                                            the cache that reuses large CPU outputs' memory
 """
 
 from . import reference
 from .modules import fabrication, masking_reconciliation
 from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_mask_expand, count_kept
+from .memory import cpu_output_cache_info, empty_cpu_output_cache, set_cpu_output_cache_limit
 from .ops import bernoulli_mask, bernoulli_mask_apply
 
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask", "fabrication", "masking_reconciliation", "reference"]
 __all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
+__all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache"]
 __version__ = "0.1.0"

@@ -9,6 +9,7 @@
 #include "../compact_op.h"
 #include "compact_ranges.h"
 #include "cpu_op_helpers.h"
+#include "output_cache.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -49,8 +50,7 @@ at::Tensor expand_cpu(const at::Tensor& values, double p, const at::Tensor& rng_
   const std::vector<int64_t> first_rank = chunk_first_ranks(isa, numel, element_offset, key);
   check_values_match_mask(values, first_rank.back(), shape);
 
-  at::Tensor full = at::empty(shape, values.options());
-  advise_huge_pages(full.mutable_data_ptr(), full.nbytes());
+  at::Tensor full = empty_output(shape, values.options());
   const at::Tensor compact = values.contiguous();
   const void* in = compact.const_data_ptr();
   void* out = full.mutable_data_ptr();
@@ -74,7 +74,7 @@ at::Tensor compress_cpu(const at::Tensor& full, double p, const at::Tensor& rng_
   const std::vector<int64_t> first_rank = chunk_first_ranks(isa, numel, element_offset, key);
   check_kept_count_matches_mask(kept_count, first_rank.back(), full);
 
-  at::Tensor values = at::empty({kept_count}, full.options());
+  at::Tensor values = empty_output({kept_count}, full.options());
   const at::Tensor source = full.contiguous();  // element k of the flat source is logical element k
   const void* in = source.const_data_ptr();
   void* out = values.mutable_data_ptr();

@@ -19,7 +19,6 @@ void masked_copy_cpu(const at::Tensor& input, at::Tensor& output, double p,
   const void* in = input.const_data_ptr();
   void* out = output.mutable_data_ptr();
   const int element_size = static_cast<int>(input.element_size());
-  advise_huge_pages(out, output.nbytes());
   at::parallel_for(0, input.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
     masked_copy_range(isa, in, out, element_size, begin, end, element_offset, key);
   });
