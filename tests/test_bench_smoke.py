@@ -31,15 +31,14 @@ def results(bench, tmp_path_factory):
     """One tiny sweep of every implementation (one process, so torch.compile compiles once)."""
     out = tmp_path_factory.mktemp("bench")
     argv = ["--sizes", str(N), "--repeats", "1", "--warmup", "1", "--warmup-seconds", "0", "--budget-seconds", "0", "--device", "cpu",
-            "--target-size", str(N), "--json", str(out / "results.json"), "--plot", str(out / "plot.png")]
+            "--target-seconds", "0", "--target-size", str(N), "--json", str(out / "results.json"), "--plot", str(out / "plot.png")]
     returned = bench.main(argv)
     return returned, out
 
 
 def test_every_implementation_and_mode_has_one_row(bench, results):
     returned, _ = results
-    sweep = [r for r in returned["rows"] if not r.get("for_targets_only")]
-    assert sorted((r["impl"], r["mode"]) for r in sweep) == sorted(
+    assert sorted((r["impl"], r["mode"]) for r in returned["rows"]) == sorted(
         (impl, mode) for impl in bench.IMPLEMENTATIONS for mode in bench.MODES)
 
 
@@ -54,8 +53,7 @@ def test_json_rows_have_the_expected_keys_and_positive_numbers(results):
         assert (row["n"], row["D"], row["numel"]) == (N, N, N * N)
         for key in ("ms", "ms_min", "gbps", "elements_per_s"):
             assert row[key] > 0, (key, row)
-        if not row.get("for_targets_only"):  # those may have no copy row of their dtype or thread count
-            assert row["pct_of_copy"] > 0, row
+        assert row["pct_of_copy"] > 0, row
     for key in ("torch", "device", "threads", "cpu_isa"):
         assert key in written["environment"]
 
@@ -84,8 +82,8 @@ def test_targets_are_reported_not_enforced(results):
     targets = results[0]["targets"]
     assert len(targets) >= 7
     for target in targets:
-        assert {"name", "ratio", "target", "higher_is_better", "met"} <= target.keys()
-        assert target["ratio"] > 0 and isinstance(target["met"], bool)
+        assert {"name", "ratio", "pairs", "target", "higher_is_better", "met"} <= target.keys()
+        assert target["ratio"] > 0 and target["pairs"] >= 1 and isinstance(target["met"], bool)
 
 
 def test_plot_is_drawn_when_matplotlib_is_installed(results):
@@ -95,6 +93,18 @@ def test_plot_is_drawn_when_matplotlib_is_installed(results):
 
 
 def test_markdown_table_lists_every_row(bench, results):
-    rows = [r for r in results[0]["rows"] if not r.get("for_targets_only")]
+    rows = results[0]["rows"]
     table = bench.markdown_tables(rows)
     assert table.count(f"| {N}² | float32 |") == len(rows)
+
+
+def test_output_cache_switch_is_recorded_and_restored(bench, results, tmp_path):
+    import tinybig_cuda
+
+    limit = tinybig_cuda.cpu_output_cache_info()["limit_bytes"]
+    assert results[0]["environment"]["cpu_output_cache_limit_bytes"] == limit > 0
+    argv = ["--sizes", str(N), "--impls", "ours_fixed", "--modes", "fwd", "--repeats", "1", "--warmup-seconds", "0",
+            "--budget-seconds", "0", "--device", "cpu", "--no-targets", "--no-plot", "--json", str(tmp_path / "r.json"),
+            "--no-output-cache"]
+    assert bench.main(argv)["environment"]["cpu_output_cache_limit_bytes"] == 0
+    assert tinybig_cuda.cpu_output_cache_info()["limit_bytes"] == limit
