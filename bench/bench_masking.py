@@ -439,13 +439,32 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
+def busy_cores_of_others(seconds=0.5):
+    """How many cores other processes kept busy over `seconds` while this one slept (from
+    /proc/stat; None where it cannot be read). Unlike the load average, it does not remember a run
+    that has just ended."""
+    def busy_and_total():
+        fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+        idle = fields[3] + fields[4]  # idle + iowait
+        return sum(fields) - idle, sum(fields)
+    try:
+        busy_before, total_before = busy_and_total()
+        time.sleep(seconds)
+        busy_after, total_after = busy_and_total()
+    except (OSError, ValueError, IndexError):
+        return None
+    cores = os.cpu_count() or 1
+    return cores * (busy_after - busy_before) / max(1, total_after - total_before)
+
+
 def environment(device):
     info = {"torch": torch.__version__, "tinybig_cuda": tinybig_cuda.__version__, "device": str(device),
             "python": platform.python_version(), "threads": torch.get_num_threads(),
             "cpu": cpu_name(), "cpu_isa": tinybig_cuda._C.cpu_isa(),
             "cpu_output_cache_limit_bytes": tinybig_cuda.cpu_output_cache_info()["limit_bytes"]}
-    if hasattr(os, "getloadavg"):
-        info["load_average_at_start"] = os.getloadavg()[0]
+    busy = busy_cores_of_others()
+    if busy is not None:
+        info["busy_cores_at_start"] = busy
     if torch.device(device).type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
@@ -478,7 +497,7 @@ def run_sweep(args):
     if "copy" not in impls:
         impls.append("copy")  # every other row is reported relative to it
 
-    env = environment(device)  # before the sweep, so the load average is the other processes'
+    env = environment(device)
     cases = [(n, dtype, mode, impl) for n in args.sizes for dtype in args.dtypes for mode in args.modes for impl in impls]
     started = time.perf_counter()
 
@@ -503,9 +522,9 @@ def run_sweep(args):
     print(f"## Bernoulli masking: torch {env['torch']}, {where}\n")
     print(f"Median of ≥ {args.repeats} timed calls per case; p = {KEEP_PROBABILITY}; effective GB/s counts the bytes a one-pass "
           "kernel must move (w read + output written; twice that with backward); % of copy = copy's time / this time.\n")
-    if env.get("load_average_at_start", 0) > 0.25 * (os.cpu_count() or 1) and device.type == "cpu":
-        print(f"Warning: the machine's load average was {env['load_average_at_start']:.1f} at the start: another "
-              "process shares these cores, so times (above all with several threads) are noisy.\n")
+    if env.get("busy_cores_at_start", 0) > 0.25 and device.type == "cpu":
+        print(f"Warning: other processes kept {env['busy_cores_at_start']:.1f} cores busy at the start: they share these cores, "
+              "so times (above all with several threads) are noisy.\n")
     print(markdown_tables(rows))
     if targets:
         print(markdown_targets(targets, args.target_size))

@@ -6,6 +6,7 @@ timings on a shared CI machine say nothing, and the bench reports targets withou
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -108,3 +109,17 @@ def test_output_cache_switch_is_recorded_and_restored(bench, results, tmp_path):
             "--no-output-cache"]
     assert bench.main(argv)["environment"]["cpu_output_cache_limit_bytes"] == 0
     assert tinybig_cuda.cpu_output_cache_info()["limit_bytes"] == limit
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="needs Linux /proc/stat")
+def test_busy_cores_of_others_sees_a_spinning_process(bench):
+    import subprocess
+    import sys
+
+    spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        busy = bench.busy_cores_of_others(seconds=0.5)
+    finally:
+        spinner.kill()
+        spinner.wait()
+    assert 0.5 <= busy <= os.cpu_count() + 0.01
