@@ -148,7 +148,8 @@ def test_blocks_in_use_return_after_the_cache_is_emptied():
 def test_cached_output_can_be_resized():
     out = masked(SMALL_BLOCK)
     expected = out.clone()
-    out.resize_(LARGE_BLOCK)
+    out.resize_(LARGE_BLOCK)  # new memory from the cache's allocator; the old block returns
+    assert info()["cached_bytes"] == CACHED_MIN_BYTES
     out[SMALL_BLOCK[0]:] = 1.0
     assert_bitwise_equal(out[: SMALL_BLOCK[0]], expected)
     assert out[SMALL_BLOCK[0]:].eq(1.0).all()
@@ -157,9 +158,12 @@ def test_cached_output_can_be_resized():
 def test_gradients_through_cached_outputs_are_exact():
     w = torch.randn(SMALL_BLOCK, requires_grad=True)
     state = make_state(5, 0)
-    for _ in range(3):  # the later backwards run on reused blocks
+    hits = info()["hits"]
+    for _ in range(3):  # the later forwards and backwards run on reused blocks
         (grad,) = torch.autograd.grad(tinybig_cuda.bernoulli_mask_apply(w, 0.5, state), w, torch.ones(SMALL_BLOCK))
         assert_bitwise_equal(grad, reference.bernoulli_mask_apply(torch.ones(SMALL_BLOCK), 0.5, state))
+        del grad
+    assert info()["hits"] == hits + 4  # the first forward and backward take new memory, the rest reuse it
 
 
 def test_threads_sharing_the_cache_get_exact_results():
@@ -173,19 +177,35 @@ def test_threads_sharing_the_cache_get_exact_results():
             if not torch.equal(out, expected[seed]):
                 failures.append(seed)
 
+    hits = info()["hits"]
     threads = [threading.Thread(target=work, args=(seed,)) for seed in expected]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
     assert failures == []
-    assert info()["cached_bytes"] <= info()["limit_bytes"]
+    assert info()["hits"] > hits
+    # Each thread holds at most two outputs at once (the previous one until `out` is rebound).
+    assert info()["cached_bytes"] == info()["cached_blocks"] * CACHED_MIN_BYTES <= 8 * CACHED_MIN_BYTES
 
 
-@pytest.mark.parametrize("bad, error, got", [(-1, ValueError, "-1"), (1.5, TypeError, "float"),
-                                             ("8", TypeError, "str"), (True, TypeError, "bool")])
+@pytest.mark.parametrize("bad, error, got", [(-1, ValueError, "-1"), (2**63, ValueError, str(2**63)),
+                                             (1.5, TypeError, "1.5 of type float"), ("8", TypeError, "'8' of type str"),
+                                             (True, TypeError, "True of type bool")])
 def test_bad_limit_is_refused_and_changes_nothing(bad, error, got):
     before = info()["limit_bytes"]
     with pytest.raises(error, match=error_pattern("limit_bytes", "int", got)):
         tinybig_cuda.set_cpu_output_cache_limit(bad)
     assert info()["limit_bytes"] == before
+
+
+def test_profiler_counts_cached_outputs_as_allocated_while_in_use():
+    from torch.profiler import profile
+
+    masked(SMALL_BLOCK)  # a cached block, so that every call below is a hit
+    with profile(profile_memory=True) as prof:
+        for _ in range(3):
+            masked(SMALL_BLOCK)
+    events = {event.key: event for event in prof.key_averages()}
+    assert events["tinybig_cuda::bernoulli_mask_apply"].self_cpu_memory_usage == 3 * CACHED_MIN_BYTES
+    assert events["[memory]"].self_cpu_memory_usage <= -3 * CACHED_MIN_BYTES  # and freed again

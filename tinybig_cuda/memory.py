@@ -4,8 +4,9 @@ Every op returns a new tensor. On the CPU, memory for one of 8 MiB or more is ke
 is freed and handed to the next output of the same size (rounded up to 2 MiB), like PyTorch's
 CUDA caching allocator does for the GPU. Without it, glibc would map fresh pages for each large
 output and unmap them on free, and the page faults and zeroing would cost about as much as the
-op itself. The cache holds at most 1 GiB by default; smaller outputs and CUDA outputs use torch's
-own allocators."""
+op itself. The cache holds at most 1 GiB by default, per process (so also in each DataLoader
+worker that runs the ops); smaller outputs and CUDA outputs use torch's own allocators. The
+profiler's memory view counts a block as allocated while a tensor uses it, as for CUDA."""
 
 import operator
 
@@ -33,10 +34,11 @@ def set_cpu_output_cache_limit(limit_bytes: int) -> None:
             limit = None
     if limit is None:
         raise TypeError(
-            f"set_cpu_output_cache_limit: expected limit_bytes to be an int, but got {type(limit_bytes).__name__}"
+            "set_cpu_output_cache_limit: expected limit_bytes to be an int, "
+            f"but got {limit_bytes!r} of type {type(limit_bytes).__name__}"
         )
-    if limit < 0:
-        raise ValueError(f"set_cpu_output_cache_limit: expected limit_bytes to be an int >= 0, but got {limit}")
+    if not 0 <= limit < 2**63:
+        raise ValueError(f"set_cpu_output_cache_limit: expected limit_bytes to be an int in [0, 2**63), but got {limit}")
     _C.set_output_cache_limit(limit)
 
 

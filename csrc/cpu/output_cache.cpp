@@ -3,9 +3,10 @@
 #include <ATen/EmptyTensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/core/CPUAllocator.h>
+#include <c10/core/impl/alloc_cpu.h>
 
-#include <mutex>
 #include <iterator>
+#include <mutex>
 #include <vector>
 
 #if defined(__linux__)
@@ -33,12 +34,18 @@ void advise_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
-// A block of torch's CPU allocator, sized in whole huge pages; the context of the DataPtr handed
-// out for it, so that freeing the tensor passes the block back to the cache.
+// A block of c10::alloc_cpu (torch's CPU memory, unprofiled: this cache reports to the profiler
+// itself), sized in whole huge pages. It is the context of the DataPtr handed out for it, so that
+// freeing the tensor passes the block back to the cache.
 struct Block {
-  c10::DataPtr memory;
+  void* data;
   size_t bytes;
 };
+
+void free_block(Block* block) {
+  c10::free_cpu(block->data);
+  delete block;
+}
 
 // Free blocks, matched to requests by exact (rounded) size: a model asks for the same few sizes
 // on every step. Blocks are kept oldest first, and the oldest are freed when the limit is reached.
@@ -66,10 +73,15 @@ class OutputCache final : public c10::Allocator {
     const size_t rounded = (bytes + kHugePage - 1) & ~(kHugePage - 1);
     Block* block = take(rounded);
     if (block == nullptr) {
-      block = new Block{c10::GetCPUAllocator()->allocate(rounded), rounded};
-      advise_huge_pages(block->memory.get(), rounded);
+      block = new Block{c10::alloc_cpu(rounded), rounded};
+      advise_huge_pages(block->data, rounded);
     }
-    return {block->memory.get(), block, &give_back, c10::Device(c10::kCPU)};
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      in_use_bytes_ += static_cast<int64_t>(rounded);
+      report_to_profiler(*block, static_cast<int64_t>(rounded));
+    }
+    return {block->data, block, &give_back, c10::Device(c10::kCPU)};
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -93,25 +105,38 @@ class OutputCache final : public c10::Allocator {
       std::lock_guard<std::mutex> lock(mutex_);
       evicted = evict_until(bytes);
     }
-    for (Block* block : evicted) delete block;  // unmapping outside the lock
+    for (Block* block : evicted) free_block(block);  // unmapping outside the lock
   }
 
  private:
   static void give_back(void* context) {
     OutputCache& cache = instance();
     Block* block = static_cast<Block*>(context);
+    const int64_t bytes = static_cast<int64_t>(block->bytes);
     std::vector<Block*> evicted;
     {
       std::lock_guard<std::mutex> lock(cache.mutex_);
-      if (static_cast<int64_t>(block->bytes) <= cache.limit_) {
-        evicted = cache.evict_until(cache.limit_ - static_cast<int64_t>(block->bytes));
+      cache.in_use_bytes_ -= bytes;
+      cache.report_to_profiler(*block, -bytes);
+      if (bytes <= cache.limit_) {
+        evicted = cache.evict_until(cache.limit_ - bytes);
         cache.free_blocks_.push_back(block);
-        cache.cached_bytes_ += static_cast<int64_t>(block->bytes);
+        cache.cached_bytes_ += bytes;
         block = nullptr;
       }
     }
-    for (Block* old : evicted) delete old;
-    delete block;  // too large to keep (nullptr when kept)
+    for (Block* old : evicted) free_block(old);
+    if (block != nullptr) free_block(block);  // larger than the limit
+  }
+
+  // What the profiler's memory view shows, as for PyTorch's CUDA caching allocator: a block is
+  // allocated while a tensor uses it, and reserved while it is in use or cached. Lock held.
+  void report_to_profiler(const Block& block, int64_t signed_bytes) const {
+    if (c10::memoryProfilingEnabled()) {
+      c10::reportMemoryUsageToProfiler(block.data, signed_bytes, static_cast<size_t>(in_use_bytes_),
+                                       static_cast<size_t>(in_use_bytes_ + cached_bytes_),
+                                       c10::Device(c10::kCPU));
+    }
   }
 
   Block* take(size_t bytes) {
@@ -146,6 +171,7 @@ class OutputCache final : public c10::Allocator {
   std::vector<Block*> free_blocks_;  // oldest first
   int64_t limit_ = kDefaultOutputCacheLimitBytes;
   int64_t cached_bytes_ = 0;
+  int64_t in_use_bytes_ = 0;  // in blocks that tensors use
   int64_t hits_ = 0;
   int64_t misses_ = 0;
 };
