@@ -241,20 +241,18 @@ def paired_ratio(numerator, denominator, n, device, args):
     return statistics.median(ratios), len(ratios)
 
 
-def measure(impl, n, dtype_name, mode, device, args, threads=None):
+def measure(impl, n, dtype_name, mode, device, args):
     """Times one case and returns its JSON row (without the copy-relative column)."""
     dtype = DTYPES[dtype_name]
-    with num_threads(threads):
-        step, module, w = build_case(impl, n, dtype, device, mode)
-        median, best, samples = time_step(step, device, args.repeats, args.warmup, args.budget_seconds, args.warmup_seconds)
-        held = mask_state_bytes(module)
-        saved = saved_for_backward_bytes(step, w) if mode == "fwd+bwd" else None
-        used_threads = torch.get_num_threads()
+    step, module, w = build_case(impl, n, dtype, device, mode)
+    median, best, samples = time_step(step, device, args.repeats, args.warmup, args.budget_seconds, args.warmup_seconds)
+    held = mask_state_bytes(module)
+    saved = saved_for_backward_bytes(step, w) if mode == "fwd+bwd" else None
     numel = n * n
     moved = (2 if mode == "fwd" else 4) * numel * torch.empty((), dtype=dtype).element_size()
     return {
         "impl": impl, "mode": mode, "n": n, "D": n, "numel": numel, "dtype": dtype_name,
-        "device": str(device), "threads": used_threads,
+        "device": str(device), "threads": torch.get_num_threads(),
         "ms": median * 1e3, "ms_min": best * 1e3, "samples": samples, "gbps": moved / median / 1e9,
         "elements_per_s": numel / median,
         "saved_for_backward_bytes": saved, "mask_state_bytes": held,
@@ -301,13 +299,6 @@ def markdown_tables(rows):
                          f"{format_bytes(r[memory_key])} |")
         lines.append("")
     return "\n".join(lines)
-
-
-def find_row(rows, impl, n, dtype, mode, threads=None):
-    for r in rows:
-        if (r["impl"], r["n"], r["dtype"], r["mode"]) == (impl, n, dtype, mode) and threads in (None, r["threads"]):
-            return r
-    return None
 
 
 def evaluate_targets(n, device, args, progress):
