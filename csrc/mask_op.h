@@ -9,8 +9,10 @@
 
 namespace tinybig_cuda {
 
-// Writes output[k] = input[k] where global element element_offset + k is kept, and zero bits
-// (+0.0, false) elsewhere. Both tensors are contiguous, non-empty, of one dtype, on one device.
+// Writes output[k] = input's row-major logical element k where global element element_offset + k
+// is kept, and zero bits (+0.0, false) elsewhere. The output is contiguous; the input may have any
+// strides (a gradient is often expanded or transposed), so each device reads it in place or makes
+// it contiguous itself. Both are non-empty, of one dtype, on one device.
 using MaskedCopyKernel = void (*)(const at::Tensor& input, at::Tensor& output, double p,
                                   const at::Tensor& rng_state, uint64_t element_offset);
 

@@ -1,6 +1,10 @@
 // CPU kernels of the tinybig_cuda ops: the masked copy of masked_copy.cpp, split over threads.
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
 #include <torch/library.h>
+
+#include <algorithm>
+#include <cstring>
 
 #include "../mask_op.h"
 #include "cpu_op_helpers.h"
@@ -11,17 +15,88 @@ namespace {
 
 // Elements per task: enough work (~a few microseconds) to amortise waking a thread.
 constexpr int64_t kElementsPerTask = 1 << 15;
+// A strided row is gathered this many elements at a time into a buffer on the stack (4 KiB at
+// 8 bytes), which the contiguous masked copy then reads while it is in L1.
+constexpr int64_t kGatherElements = 512;
+
+template <typename Bits>
+void gather(const char* input, int64_t input_stride, int64_t count, char* buffer) {
+  Bits* out = reinterpret_cast<Bits*>(buffer);
+  for (int64_t i = 0; i < count; ++i) std::memcpy(out + i, input + i * input_stride, sizeof(Bits));
+}
+
+void gather(const char* input, int64_t input_stride, int element_size, int64_t count, char* buffer) {
+  switch (element_size) {
+    case 1: return gather<uint8_t>(input, input_stride, count, buffer);
+    case 2: return gather<uint16_t>(input, input_stride, count, buffer);
+    case 4: return gather<uint32_t>(input, input_stride, count, buffer);
+    default: return gather<uint64_t>(input, input_stride, count, buffer);
+  }
+}
+
+// Masks `count` elements whose input lies `input_stride` bytes apart into contiguous output, the
+// first being global element `first`. A stride-0 row (an expanded scalar: the gradient of
+// `.sum()`) fills the buffer once; any other stride is gathered chunk by chunk. Chunks start at
+// global multiples of kGatherElements, so only a row's ends miss the vector paths' alignment.
+void masked_copy_strided_row(CpuIsa isa, const char* input, int64_t input_stride, char* output,
+                             int element_size, int64_t count, uint64_t first, const MaskKey& key) {
+  if (input_stride == element_size) {
+    return masked_copy_range(isa, input, output, element_size, 0, count, first, key);
+  }
+  alignas(64) char buffer[kGatherElements * sizeof(uint64_t)];
+  const bool broadcast = input_stride == 0;
+  if (broadcast) gather(input, 0, element_size, std::min(count, kGatherElements), buffer);
+  for (int64_t done = 0; done < count;) {
+    const int64_t to_boundary = kGatherElements - static_cast<int64_t>((first + done) % kGatherElements);
+    const int64_t chunk = std::min(count - done, to_boundary);
+    if (!broadcast) gather(input + done * input_stride, input_stride, element_size, chunk, buffer);
+    masked_copy_range(isa, buffer, output + done * element_size, element_size, 0, chunk,
+                      first + done, key);
+    done += chunk;
+  }
+}
 
 void masked_copy_cpu(const at::Tensor& input, at::Tensor& output, double p,
                      const at::Tensor& rng_state, uint64_t element_offset) {
   const MaskKey key = cpu_mask_key(rng_state, p);
   const CpuIsa isa = active_cpu_isa();
-  const void* in = input.const_data_ptr();
-  void* out = output.mutable_data_ptr();
   const int element_size = static_cast<int>(input.element_size());
-  at::parallel_for(0, input.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
-    masked_copy_range(isa, in, out, element_size, begin, end, element_offset, key);
-  });
+  char* const out = static_cast<char*>(output.mutable_data_ptr());
+  const auto masked_copy_in_memory_order = [&](const void* in) {
+    at::parallel_for(0, output.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
+      masked_copy_range(isa, in, out, element_size, begin, end, element_offset, key);
+    });
+  };
+  if (input.is_contiguous()) return masked_copy_in_memory_order(input.const_data_ptr());
+  const int64_t inner_stride = input.stride(-1);
+  if (inner_stride != 0 && inner_stride != 1) {
+    // Rows that are themselves strided (a transposed gradient): read in the row-major order the
+    // mask needs, they would be gathered across cache lines. torch's copy picks a cache-friendly
+    // order; the mask is then applied to the output in place.
+    output.copy_(input);
+    return masked_copy_in_memory_order(out);
+  }
+  // Contiguous or stride-0 rows (a slice, an expanded row or scalar): walked in the output's
+  // row-major order (linear iteration), one row of coalesced dimensions at a time; an output
+  // element's place in memory is its logical index.
+  at::TensorIterator iter = at::TensorIteratorConfig()
+                                .add_output(output)
+                                .add_const_input(input)
+                                .resize_outputs(false)
+                                .enforce_linear_iteration()
+                                .build();
+  iter.for_each(
+      [&](char** data, const int64_t* strides, int64_t size0, int64_t size1) {
+        TORCH_INTERNAL_ASSERT(size0 == 1 || strides[0] == element_size,
+                              "the contiguous output is walked in memory order");
+        for (int64_t row = 0; row < size1; ++row) {
+          char* out_row = data[0] + row * strides[2];
+          const int64_t first = (out_row - out) / element_size;
+          masked_copy_strided_row(isa, data[1] + row * strides[3], strides[1], out_row,
+                                  element_size, size0, element_offset + first, key);
+        }
+      },
+      kElementsPerTask);
 }
 
 }  // namespace
