@@ -7,29 +7,20 @@
 // works too:
 //   bernoulli_mask_apply:    diagonal Jacobian, its own backward;
 //   bernoulli_mask_expand:   backward is bernoulli_mask_compress, and the other way round.
+#include <ATen/FuncTorchTLS.h>
 #include <torch/csrc/autograd/custom_function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
-#include <ATen/core/dispatch/Dispatcher.h>
+#include "autograd.h"
+
+#include "op_handles.h"
 
 namespace tinybig_cuda {
 namespace {
 
 using torch::autograd::AutogradContext;
 using torch::autograd::variable_list;
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
-
-at::Tensor mask_apply(const at::Tensor& w, double p, const at::Tensor& rng_state,
-                      const c10::SymInt& element_offset) {
-  static const auto op =
-      find_op<at::Tensor(const at::Tensor&, double, const at::Tensor&, c10::SymInt)>(
-          "tinybig_cuda::bernoulli_mask_apply");
-  return op.call(w, p, rng_state, element_offset);
-}
 
 at::Tensor mask_expand(const at::Tensor& values, double p, const at::Tensor& rng_state,
                        c10::SymIntArrayRef shape, const c10::SymInt& element_offset) {
@@ -67,20 +58,23 @@ SavedMask load_mask(AutogradContext* context) {
           context->saved_data["element_offset"].toSymInt()};
 }
 
-class MaskApply : public torch::autograd::Function<MaskApply> {
- public:
-  static at::Tensor forward(AutogradContext* context, const at::Tensor& w, double p,
-                            const at::Tensor& rng_state, c10::SymInt element_offset) {
-    save_mask(context, rng_state, p, element_offset);
-    at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return mask_apply(w, p, rng_state, element_offset);
-  }
+// bernoulli_mask_apply's backward, a plain autograd Node rather than a torch::autograd::Function:
+// its context (a string-keyed map of saved values, input and output bookkeeping) cost more than
+// the op itself at tinyBIG's sizes. What it saves is the same: the state, p and the offset.
+struct MaskApplyBackward final : public torch::autograd::Node {
+  torch::autograd::SavedVariable rng_state;  // checks, at unpack, that no one wrote to the state
+  double p = 0.0;
+  c10::SymInt element_offset;
+  std::vector<c10::SymInt> input_sizes;  // w's; the output may be a view of another shape
 
-  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
-    const SavedMask mask = load_mask(context);
-    return {mask_apply(grad_outputs[0], mask.p, mask.rng_state, mask.element_offset),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+  variable_list apply(variable_list&& grads) override {
+    if (!grads[0].defined()) return {at::Tensor()};
+    // Through the dispatcher (with autograd), so a double backward is recorded too.
+    at::Tensor grad_w = call_mask_apply(grads[0], p, rng_state.unpack(getptr()), element_offset);
+    return {grad_w.sym_sizes() == c10::SymIntArrayRef(input_sizes) ? grad_w : grad_w.view_symint(input_sizes)};
   }
+  std::string name() const override { return "BernoulliMaskApplyBackward"; }
+  void release_variables() override { rng_state.reset_data(); }
 };
 
 class MaskExpand : public torch::autograd::Function<MaskExpand> {
@@ -124,10 +118,39 @@ class MaskCompress : public torch::autograd::Function<MaskCompress> {
 
 }  // namespace
 
+at::Tensor mask_apply_with_history(const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                   const c10::SymInt& element_offset,
+                                   std::optional<c10::SymIntArrayRef> output_sizes) {
+  // What torch::autograd::Function does for the other ops: no functorch transform, no forward AD.
+  if (const auto& functorch = at::functorch::functorchTLSAccessor()) {
+    functorch->checkSupportsCppAutogradFunction();
+  }
+  TORCH_CHECK(!torch::autograd::isFwGradDefined(w),
+              "tinybig_cuda.bernoulli_mask_apply: forward-mode AD got a tangent for w, but jvp is not "
+              "implemented for this op; use reverse mode (backward)");
+  at::Tensor output;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    output = call_mask_apply(w, p, rng_state, element_offset);
+    // Below autograd a view is a plain alias: the node below owns the whole history.
+    if (output_sizes) output = output.view_symint(*output_sizes);
+  }
+  if (torch::autograd::compute_requires_grad(w)) {
+    auto node = c10::make_intrusive<MaskApplyBackward>();
+    node->set_next_edges(torch::autograd::collect_next_edges(w));
+    node->rng_state = torch::autograd::SavedVariable(rng_state, /*is_output=*/false);
+    node->p = p;
+    node->element_offset = element_offset;
+    node->input_sizes = w.sym_sizes().vec();
+    torch::autograd::set_history(output, node);
+  }
+  return output;
+}
+
 TORCH_LIBRARY_IMPL(tinybig_cuda, Autograd, m) {
   m.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p, const at::Tensor& rng_state,
                                     c10::SymInt element_offset) {
-    return MaskApply::apply(w, p, rng_state, std::move(element_offset));
+    return mask_apply_with_history(w, p, rng_state, element_offset, std::nullopt);
   });
   m.impl("bernoulli_mask_expand",
          [](const at::Tensor& values, double p, const at::Tensor& rng_state,

@@ -2,6 +2,7 @@
 // module that loads them.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
 #include <torch/library.h>
 
 #include <ATen/ops/empty.h>
@@ -16,6 +17,7 @@
 #include "cpu/masked_copy.h"
 #include "cpu/output_cache.h"
 #include "mask_op.h"
+#include "module_calls.h"
 
 namespace tinybig_cuda {
 
@@ -30,7 +32,7 @@ at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& 
   // The output is always contiguous, so element i of the flat output is logical element i.
   at::Tensor output = empty_output(w.sizes(), w.options());
   if (w.numel() > 0) {
-    kernel(w.contiguous(), output, p, rng_state.contiguous(), static_cast<uint64_t>(element_offset));
+    kernel(w, output, p, rng_state.contiguous(), static_cast<uint64_t>(element_offset));
   }
   return output;
 }
@@ -45,11 +47,12 @@ at::Tensor bernoulli_mask_with(MaskedCopyKernel kernel, at::IntArrayRef shape, d
   check_keep_probability(op, p);
   check_rng_state(op, rng_state, rng_state.device());
   const at::TensorOptions options = rng_state.options().dtype(at::kBool);
-  // The mask is the masked copy of an all-true tensor: one kernel serves both ops.
+  // The mask is the masked copy of an all-true tensor (one `true` expanded, so nothing of the
+  // mask's size is allocated for it): one kernel serves both ops.
   at::Tensor mask = empty_output(shape, options);
   check_element_offset(op, element_offset, mask.numel());
   if (mask.numel() > 0) {
-    kernel(at::ones(shape, options), mask, p, rng_state.contiguous(),
+    kernel(at::ones({}, options).expand(shape), mask, p, rng_state.contiguous(),
            static_cast<uint64_t>(element_offset));
   }
   return mask;
@@ -113,6 +116,12 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "Caches at most this many bytes of freed CPU outputs (0: none), freeing the rest.");
   module.def("empty_output_cache", &tc::empty_output_cache,
              "Frees every cached CPU output block.");
+  module.def("masked_fabrication", &tc::masked_fabrication,
+             "masking_reconciliation's call with a fixed state: bernoulli_mask_apply(w, p, "
+             "rng_state) as an (n, D) matrix, one trip into C++.");
+  module.def("masked_fabrication_fresh", &tc::masked_fabrication_fresh,
+             "masking_reconciliation's call with a fresh state from torch's default generator "
+             "for w's device: (matrix, state).");
   module.def("has_cuda_kernels", [] {
 #ifdef TINYBIG_WITH_CUDA
         return true;

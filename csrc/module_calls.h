@@ -1,0 +1,29 @@
+// The masking_reconciliation module's eager calls, each one trip from Python into C++.
+//
+// At tinyBIG's sizes (6x12 to 10x256 elements) the fused op takes a few microseconds, and the
+// Python around it (a reshape, a call through torch.ops with its schema matching, a torch.randint
+// for every fresh mask) cost more than the op itself. Both functions call the op through the
+// dispatcher, so autograd records it as usual.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <tuple>
+
+namespace tinybig_cuda {
+
+// A fresh [seed, offset] on `device`, from torch's default generator for it (so torch.manual_seed
+// replays it). On the CPU, two 64-bit draws of the generator written into a new tensor; elsewhere
+// a randint made on the device, so a CUDA state costs no host sync.
+at::Tensor draw_rng_state(const c10::Device& device);
+
+// bernoulli_mask_apply(w, p, rng_state) as an (n, D) matrix; w has n*D elements (checked by the
+// caller) and any shape.
+at::Tensor masked_fabrication(const at::Tensor& w, int64_t n, int64_t D, double p,
+                              const at::Tensor& rng_state);
+
+// The same with a fresh state, which it returns beside the matrix.
+std::tuple<at::Tensor, at::Tensor> masked_fabrication_fresh(const at::Tensor& w, int64_t n,
+                                                            int64_t D, double p);
+
+}  // namespace tinybig_cuda
