@@ -116,6 +116,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "Caches at most this many bytes of freed CPU outputs (0: none), freeing the rest.");
   module.def("empty_output_cache", &tc::empty_output_cache,
              "Frees every cached CPU output block.");
+  module.def("draw_rng_state", &tc::draw_rng_state,
+             "A fresh int64 [seed, offset] on the device, from torch's default generator for it.");
   module.def("masked_fabrication", &tc::masked_fabrication,
              "masking_reconciliation's call with a fixed state: bernoulli_mask_apply(w, p, "
              "rng_state) as an (n, D) matrix, one trip into C++.");

@@ -4,8 +4,11 @@ Every comparison of op outputs is bitwise: tensors are compared through an integ
 same width, so -0.0 differs from +0.0 and NaN payloads must match.
 """
 
+import importlib.util
 import math
+import os
 import re
+from pathlib import Path
 
 import pytest
 import torch
@@ -71,6 +74,22 @@ def dtype(request):
     return request.param
 
 
+@pytest.fixture(scope="session")
+def tinybig():
+    """The installed tinyBIG (imported as bench/tinybig_replica.py's import_tinybig does). Skips
+    where it is not installed, unless TINYBIG_EXPECT_TINYBIG=1 (set by .ci/run, which installs it)."""
+    path = Path(__file__).resolve().parents[1] / "bench" / "tinybig_replica.py"
+    spec = importlib.util.spec_from_file_location("tinybig_replica", path)
+    replica = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(replica)
+    module = replica.import_tinybig()
+    if module is None:
+        if os.environ.get("TINYBIG_EXPECT_TINYBIG") == "1":
+            pytest.fail("TINYBIG_EXPECT_TINYBIG=1 but tinyBIG is not installed")
+        pytest.skip("tinyBIG is not installed (pip install --no-deps tinybig==0.2.1; see .ci/run)")
+    return module
+
+
 @pytest.fixture
 def restore_num_threads():
     """Restores torch's intra-op thread count after a test changes it."""
@@ -121,7 +140,7 @@ def random_values(shape, dtype, device="cpu", seed=0):
     return (magnitude * sign).to(dtype=dtype, device=device)
 
 
-LAYOUTS = ["contiguous", "transposed", "sliced", "storage_offset"]
+LAYOUTS = ["contiguous", "transposed", "sliced", "storage_offset", "row_slice", "expanded_row", "expanded_scalar"]
 
 
 def make_input(shape, layout, dtype, device="cpu", seed=0):
@@ -131,6 +150,9 @@ def make_input(shape, layout, dtype, device="cpu", seed=0):
     transposed:      the transpose of a contiguous (shape[1], shape[0]) tensor (2-D only).
     sliced:          every other column of a wider tensor, rows cut at both ends (strided, offset).
     storage_offset:  contiguous but starting one element into its storage (misaligned pointer).
+    row_slice:       the middle columns of a wider tensor: contiguous rows, strided between them.
+    expanded_row:    one row expanded over the leading dimensions (stride 0 there; 1-D: as scalar).
+    expanded_scalar: one element expanded to the whole shape (every stride 0: the gradient of .sum()).
     """
     shape = tuple(shape)
     if layout == "contiguous":
@@ -146,10 +168,16 @@ def make_input(shape, layout, dtype, device="cpu", seed=0):
             result = wide[1:-1, ..., 1::2]
     elif layout == "storage_offset":
         result = random_bits((math.prod(shape) + 1,), dtype, device, seed)[1:].view(shape)
+    elif layout == "row_slice":
+        result = random_bits(shape[:-1] + (shape[-1] + 5,), dtype, device, seed)[..., 2 : 2 + shape[-1]]
+    elif layout == "expanded_row":
+        result = random_bits(shape[-1:] if len(shape) > 1 else (), dtype, device, seed).expand(shape)
+    elif layout == "expanded_scalar":
+        result = random_bits((), dtype, device, seed).expand(shape)
     else:
         raise ValueError(layout)
     assert result.shape == shape
-    if math.prod(shape) > 1 and layout in ("transposed", "sliced"):
+    if math.prod(shape) > 1 and layout in ("transposed", "sliced", "expanded_scalar"):
         assert not result.is_contiguous()
     return result
 

@@ -148,18 +148,19 @@ def test_module_rejects_bad_p_at_construction(p):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("fixed_mask", [True, False], ids=["fixed", "fresh"])
 @pytest.mark.parametrize("p", [1.5, float("nan"), -0.25], ids=["1.5", "nan", "-0.25"])
-def test_module_rejects_bad_p_at_call(device, fixed_mask, p):
-    """A p made invalid after construction is caught by the op when the module is called."""
+def test_module_rejects_bad_p_when_set(device, fixed_mask, p):
+    """A p set after construction is checked as it is set (so no call ever meets a bad one); the
+    module keeps its p, its state and its mask."""
     module = tinybig_cuda.masking_reconciliation(p=0.5, fixed_mask=fixed_mask, device=device)
     w = torch.randn(1, 6, device=device)
     if not fixed_mask:
-        module(w=w, n=2, D=3)  # a successful call, whose state must survive the failed one
-    module.p = p
+        module(w=w, n=2, D=3)  # a successful call, whose state must survive the refused p
     snapshot = Snapshot(w, module.rng_state)
+    mask = module.generate_masking_matrix(2, 3, device=device)
     with pytest.raises(ValueError, match=_p_pattern(p)):
-        module(w=w, n=2, D=3, device=device)
-    with pytest.raises(ValueError, match=_p_pattern(p)):
-        module.generate_masking_matrix(2, 3, device=device)
+        module.p = p
+    assert module.p == 0.5
+    assert torch.equal(module.generate_masking_matrix(2, 3, device=device), mask)
     snapshot.assert_unchanged()
 
 

@@ -247,7 +247,9 @@ def test_manual_seed_gives_one_mask_on_every_device():
     on_cpu = masking_reconciliation(p=0.5, device="cpu")
     torch.manual_seed(77)
     on_cuda = masking_reconciliation(p=0.5, device="cuda")
-    assert on_cuda.rng_state.device.type == "cuda"
+    assert on_cuda.rng_state.device.type == "cpu"  # construction touches no device (as tinyBIG's)
+    on_cuda(w=torch.ones(1, 33 * 9, device="cuda"), n=33, D=9, device="cuda")
+    assert on_cuda.rng_state.device.type == "cuda"  # moved by the first call
     assert torch.equal(on_cpu.generate_masking_matrix(33, 9), on_cuda.generate_masking_matrix(33, 9, device="cuda").cpu())
 
 

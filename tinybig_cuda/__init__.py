@@ -10,15 +10,17 @@
     bernoulli_mask_compress                 full matrix -> its kept values
     cpu_output_cache_info, set_cpu_output_cache_limit, empty_cpu_output_cache
                                             the cache that reuses large CPU outputs' memory
+    patch_tinybig()                         make tinyBIG build this package's masking_reconciliation
 """
 
 from . import reference
 from .modules import fabrication, masking_reconciliation
 from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_mask_expand, count_kept
+from .drop_in import patch_tinybig
 from .memory import cpu_output_cache_info, empty_cpu_output_cache, set_cpu_output_cache_limit
 from .ops import bernoulli_mask, bernoulli_mask_apply
 
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask", "fabrication", "masking_reconciliation", "reference"]
 __all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
-__all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache"]
+__all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache", "patch_tinybig"]
 __version__ = "0.1.0"

@@ -1,10 +1,12 @@
 """tinyBIG's parameter fabrication base class and its masking reconciliation, on the fused op."""
 
 import numbers
+import warnings
 from abc import ABC, abstractmethod
 
 import torch
 
+from . import _C
 from .compact import bernoulli_mask_compress, bernoulli_mask_expand, count_kept
 from .ops import _MASKABLE_DTYPES, bernoulli_mask, bernoulli_mask_apply
 
@@ -34,6 +36,20 @@ class fabrication(torch.nn.Module, ABC):
     def get_name(self):
         return self.name
 
+    def to_config(self):
+        """The configuration tinyBIG's ``config.instantiation_from_configs`` builds this module from.
+
+        Returns:
+            ``{"function_class": <importable class path>, "function_parameters": {...}}``, the
+            constructor's arguments (not learned state such as ``rng_state``: save that with
+            ``state_dict``).
+        """
+        cls = type(self)
+        return {"function_class": f"{cls.__module__}.{cls.__qualname__}", "function_parameters": self._config_parameters()}
+
+    def _config_parameters(self):
+        return {"name": self.name, "require_parameters": self.require_parameters, "enable_bias": self.enable_bias, "device": self.device}
+
     @abstractmethod
     def calculate_l(self, n, D):
         """The number l of parameters psi needs for an (n, D) matrix."""
@@ -56,10 +72,13 @@ def _check_size(argument, value):
 
 
 def _draw_rng_state(device):
-    """A fresh [seed, offset] from torch's generator for `device`, covering all 64 bits of each.
-
-    Drawn on the device itself, so CUDA states never cost a host sync."""
-    return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
+    """A fresh [seed, offset] from torch's generator for `device`, covering all 64 bits of each, made
+    on the device itself (a CUDA state costs no host sync). Eager: two draws of the generator in C++
+    (masked_fabrication_fresh draws the same way). Compiled: torch.randint, which the compiler
+    traces into the graph and makes with its own generator."""
+    if torch.compiler.is_compiling():
+        return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
+    return _C.draw_rng_state(torch.device(device))
 
 
 class masking_reconciliation(fabrication):
@@ -83,12 +102,19 @@ class masking_reconciliation(fabrication):
             ``fixed_mask=True``. `compress_parameters` and `expand_parameters` convert between
             full (tinyBIG-style) and compact parameters.
         *args, **kwargs: passed on to `fabrication` (``require_parameters``, ``enable_bias``,
-            ``device``). The ``rng_state`` buffer is created on ``device``.
+            ``device``). As in tinyBIG, ``device`` is only recorded: construction touches no
+            device, and ``rng_state`` moves with ``.to()`` or to w's device at the first call.
+
+    Attributes:
+        rng_state: the int64 ``[seed, offset]`` buffer the mask is a function of.
+        mask_matrix: tinyBIG's attribute: the boolean mask of the last ``(n, D)`` used (by a call
+            or `generate_masking_matrix`), made from ``rng_state`` each time it is read; ``None``
+            before the first. Nothing of the mask's size is stored.
     """
 
     def __init__(self, name="masking_reconciliation", p=0.5, fixed_mask=True, *args, compact=False, **kwargs):
         super().__init__(name, *args, **kwargs)
-        self.p = _check_keep_probability(p)
+        self.p = p
         if compact and not fixed_mask:
             raise ValueError(
                 "masking_reconciliation: compact=True stores only the entries one fixed mask keeps, so it "
@@ -97,9 +123,27 @@ class masking_reconciliation(fabrication):
         self.fixed_mask = bool(fixed_mask)
         self.compact = bool(compact)
         self._kept_counts = {}  # (n, D, p, state identity) -> K, so forward checks w without recounting
-        # Drawn on the CPU for every device, so one torch.manual_seed gives one mask everywhere.
-        state = _draw_rng_state("cpu").to(self.device)
-        self.register_buffer("rng_state", state, persistent=self.fixed_mask)
+        self._mask_matrix_of = None  # (n, D, device or None for rng_state's): what mask_matrix shows
+        # Drawn on the CPU, so one torch.manual_seed gives one mask on every device.
+        self.register_buffer("rng_state", _draw_rng_state("cpu"), persistent=self.fixed_mask)
+
+    @property
+    def p(self):
+        """The keep probability, a float in [0, 1]: checked when set, so calls need not check it."""
+        return self._p
+
+    @p.setter
+    def p(self, value):
+        self.__dict__["_p"] = _check_keep_probability(value)
+
+    def reset_parameters(self):
+        """Draws a new ``rng_state`` (so a new mask) from torch's default CPU generator, in place on
+        the buffer's device: processes seeded alike draw the same state."""
+        with torch.no_grad():
+            self.rng_state.copy_(_draw_rng_state("cpu"))
+
+    def _config_parameters(self):
+        return {**super()._config_parameters(), "p": self.p, "fixed_mask": self.fixed_mask, "compact": self.compact}
 
     def calculate_l(self, n, D):
         """Returns the length of w that `forward` takes for an (n, D) matrix.
@@ -137,13 +181,30 @@ class masking_reconciliation(fabrication):
 
     def generate_masking_matrix(self, n, D, device="cpu"):
         """The boolean (n, D) keep-mask of the current ``rng_state`` (for ``fixed_mask=False``,
-        the state of the last call), made on `device` only when asked for.
+        the state of the last call), made on `device` only when asked for. As tinyBIG's method
+        does, it sets ``mask_matrix`` (to this mask); unlike it, it draws no new mask.
 
         Returns:
             A bool tensor of shape (n, D), True where entries are kept.
         """
         n, D = _check_size("n", n), _check_size("D", D)
-        return bernoulli_mask((n, D), self.p, self.rng_state.to(device))
+        self._mask_matrix_of = (n, D, device)
+        return self.mask_matrix
+
+    @property
+    def mask_matrix(self):
+        if self._mask_matrix_of is None:
+            return None
+        n, D, device = self._mask_matrix_of
+        state = self.rng_state if device is None else self.rng_state.to(device)
+        return bernoulli_mask((n, D), self.p, state)
+
+    @mask_matrix.setter
+    def mask_matrix(self, value):
+        raise AttributeError(
+            "masking_reconciliation: mask_matrix is made from rng_state and cannot be set; to change the mask, "
+            "call reset_parameters() or write a new int64 [seed, offset] into rng_state"
+        )
 
     def forward(self, n, D, w, device=None, *args, **kwargs):
         """Returns the masked (n, D) parameter matrix.
@@ -159,6 +220,26 @@ class masking_reconciliation(fabrication):
         Returns:
             A new contiguous (n, D) tensor of w's dtype, on w's device.
         """
+        if (
+            not torch.compiler.is_compiling()
+            and type(n) is int and type(D) is int and n >= 0 and D >= 0
+            and type(w) in _PLAIN_TENSOR_TYPES and w.numel() == n * D and not self.compact
+            and (device is None or _is_on(w.device, _requested_device(device)))
+            and not torch._C._is_torch_function_mode_enabled()
+        ):
+            # tinyBIG's call, eager: one trip into C++, which checks p, w's dtype and the state.
+            self.__dict__["_mask_matrix_of"] = (n, D, None)
+            if self.fixed_mask:
+                return _C.masked_fabrication(w, n, D, self._p, self._state_on(w.device))
+            matrix, state = _C.masked_fabrication_fresh(w, n, D, self._p)
+            self._buffers["rng_state"] = state  # kept for mask_matrix and generate_masking_matrix
+            return matrix
+        return self._checked_forward(n, D, w, device)
+
+    def _checked_forward(self, n, D, w, device):
+        """Every other call (compact, traced by torch.compile or export, a tensor subclass or a
+        torch function mode, bad arguments): each argument checked and named, and the op called
+        through torch.ops."""
         n, D = _check_size("n", n), _check_size("D", D)
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"masking_reconciliation: expected w to be a torch.Tensor, but got {type(w).__name__}")
@@ -168,23 +249,54 @@ class masking_reconciliation(fabrication):
                 raise TypeError(f"masking_reconciliation: expected w to be float32, float64, float16 or bfloat16, but got dtype {w.dtype}")
             if not torch.compiler.is_compiling():  # the op checks the count again, also when compiled
                 self._check_compact_w(n, D, w)
-            return bernoulli_mask_expand(w.reshape(-1), self.p, self.rng_state.to(w.device), (n, D))
+            self._mask_matrix_of = (n, D, None)
+            return bernoulli_mask_expand(w.reshape(-1), self.p, self._state_on(w.device), (n, D))
         if w.numel() != n * D:
             raise ValueError(
                 f"masking_reconciliation: expected w to have n*D = {n}*{D} = {n * D} elements, "
                 f"but got shape {tuple(w.shape)} ({w.numel()} elements)"
             )
         self._check_device(w, device)
+        self._mask_matrix_of = (n, D, None)
         if self.fixed_mask:
-            return bernoulli_mask_apply(w.reshape(n, D), self.p, self.rng_state.to(w.device))
+            return bernoulli_mask_apply(w.reshape(n, D), self.p, self._state_on(w.device))
         state = _draw_rng_state(w.device)
         masked = bernoulli_mask_apply(w.reshape(n, D), self.p, state)
         self.rng_state = state  # kept, once the call succeeded, so generate_masking_matrix can show it
         return masked
 
+    def _state_on(self, device):
+        """The fixed state on `device`, moved there for good at the first call on it."""
+        state = self._buffers["rng_state"]
+        if state.device != device:
+            state = state.to(device)
+            self._buffers["rng_state"] = state
+        return state
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
+        key = prefix + "rng_state"
+        loaded = state_dict.get(key)
+        if self.fixed_mask and loaded is not None and not _is_rng_state(loaded):
+            # copy_ would convert it silently (and so change the mask): refuse it, load the rest.
+            what = f"dtype {loaded.dtype} and shape {list(loaded.shape)}" if isinstance(loaded, torch.Tensor) else type(loaded).__name__
+            error_msgs.append(f"masking_reconciliation: expected {key} to be an int64 tensor of shape [2] ([seed, offset]), but got {what}")
+            state_dict = {k: v for k, v in state_dict.items() if k != key}
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
+        if self.fixed_mask and key not in state_dict:
+            # A tinyBIG checkpoint: its mask was never saved. Keep this module's, as BatchNorm keeps
+            # its own num_batches_tracked when an older checkpoint lacks it.
+            if key in missing_keys:
+                missing_keys.remove(key)
+            if loaded is None:
+                warnings.warn(
+                    f"masking_reconciliation: the checkpoint has no {key!r} (tinyBIG saves no mask), so this module keeps "
+                    "its own mask: the loaded model masks its parameters differently from the one that was saved",
+                    stacklevel=2,
+                )
+
     @staticmethod
     def _check_device(w, device):
-        if device is not None and not _is_on(w.device, torch.device(device)):
+        if device is not None and not _is_on(w.device, _requested_device(device)):
             raise ValueError(f"masking_reconciliation: expected device to be w's device {w.device}, but got {device!r}")
 
     def compress_parameters(self, w, n, D):
@@ -206,7 +318,7 @@ class masking_reconciliation(fabrication):
         if w.dim() == 0 or w.shape[-1] != n * D:
             raise ValueError(f"masking_reconciliation: expected w of shape (..., n*D) = (..., {n * D}), but got shape {tuple(w.shape)}")
         kept = self._kept_count(n, D)
-        state = self.rng_state.to(w.device)
+        state = self._state_on(w.device)
         rows = [bernoulli_mask_compress(row, self.p, state, kept) for row in w.reshape(-1, n * D)]
         return _stack_rows(rows, w, kept)
 
@@ -230,7 +342,7 @@ class masking_reconciliation(fabrication):
                 f"masking_reconciliation: expected w of shape (..., K) = (..., {kept}), K the entries the mask keeps "
                 f"of the {n}x{D} matrix, but got shape {tuple(w.shape)}"
             )
-        state = self.rng_state.to(w.device)
+        state = self._state_on(w.device)
         rows = [bernoulli_mask_expand(row, self.p, state, (n * D,)) for row in w.reshape(-1, kept)]
         return _stack_rows(rows, w, n * D)
 
@@ -248,7 +360,24 @@ def _stack_rows(rows, w, row_length):
     return torch.stack(rows).reshape(tuple(w.shape[:-1]) + (row_length,))
 
 
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+_REQUESTED_DEVICES = {}  # device argument (tinyBIG passes strings) -> torch.device, parsed once
+
+
+def _requested_device(device):
+    requested = _REQUESTED_DEVICES.get(device)
+    if requested is None:
+        requested = _REQUESTED_DEVICES.setdefault(device, torch.device(device))
+    return requested
+
+
+def _is_rng_state(value):
+    return isinstance(value, torch.Tensor) and value.dtype == torch.int64 and value.shape == (2,)
+
+
 def _is_on(actual: torch.device, requested: torch.device) -> bool:
+    if actual == requested:  # the common case, and much cheaper than reading .type and .index
+        return True
     if actual.type != requested.type:
         return False
-    return requested.index is None or actual.index == requested.index or (actual.index is None and requested.index == 0)
+    return requested.index is None or (actual.index is None and requested.index == 0)

@@ -1,0 +1,281 @@
+"""tinybig_cuda as a drop-in for tinyBIG 0.2.1's masking_reconciliation: its API (to_config,
+mask_matrix, generate_masking_matrix, checkpoints without a mask, no device work at construction),
+and, where tinyBIG is installed, inside tinyBIG itself: its config mechanism, its rpn_head, its
+checkpoints and patch_tinybig()."""
+
+import importlib
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import tinybig_cuda
+from tinybig_cuda import bernoulli_mask, bernoulli_mask_apply, masking_reconciliation
+
+from conftest import assert_bitwise_equal, error_pattern, random_values
+
+OURS = "tinybig_cuda.masking_reconciliation"
+THEIRS = "tinybig.reconciliation.masking_reconciliation"
+
+
+def instantiate(config):
+    """What tinyBIG's config.instantiation_from_configs does with a function config."""
+    module_name, class_name = config["function_class"].rsplit(".", 1)
+    return getattr(importlib.import_module(module_name), class_name)(**config["function_parameters"])
+
+
+# ---- tinyBIG's API, without tinyBIG ------------------------------------------------------------
+
+@pytest.mark.parametrize("kwargs", [{}, {"p": 0.25, "fixed_mask": False, "name": "m", "device": "mps"}, {"p": 0.1, "compact": True}])
+def test_to_config_builds_an_equal_module(kwargs):
+    module = masking_reconciliation(**kwargs)
+    config = module.to_config()
+    assert set(config) == {"function_class", "function_parameters"}
+    rebuilt = instantiate(config)
+    assert type(rebuilt) is masking_reconciliation
+    assert rebuilt.to_config() == config
+    assert (rebuilt.p, rebuilt.fixed_mask, rebuilt.compact, rebuilt.device) == (module.p, module.fixed_mask, module.compact, module.device)
+
+
+@pytest.mark.parametrize("fixed_mask", [True, False], ids=["fixed", "fresh"])
+def test_mask_matrix_is_the_mask_of_the_last_call(fixed_mask):
+    module = masking_reconciliation(p=0.5, fixed_mask=fixed_mask)
+    assert module.mask_matrix is None  # as tinyBIG's, before the first call
+    for n, D in [(6, 12), (10, 25)]:
+        w = random_values((1, n * D), torch.float32)
+        out = module(w=w, n=n, D=D, device="cpu")
+        mask = module.mask_matrix
+        assert mask.shape == (n, D) and mask.dtype == torch.bool
+        assert torch.equal(out, torch.where(mask, w.view(n, D), 0.0))
+        assert torch.equal(mask, bernoulli_mask((n, D), 0.5, module.rng_state))
+
+
+def test_generate_masking_matrix_sets_and_returns_mask_matrix():
+    module = masking_reconciliation(p=0.3)
+    mask = module.generate_masking_matrix(7, 9)
+    assert torch.equal(mask, module.mask_matrix)
+    assert torch.equal(mask, bernoulli_mask((7, 9), 0.3, module.rng_state))
+    assert mask.shape == (7, 9)
+
+
+def test_mask_matrix_cannot_be_set():
+    module = masking_reconciliation()
+    with pytest.raises(AttributeError, match="mask_matrix is made from rng_state"):
+        module.mask_matrix = torch.ones(2, 2, dtype=torch.bool)
+
+
+def test_nothing_of_the_mask_is_stored():
+    module = masking_reconciliation(p=0.5)
+    module(w=torch.ones(1, 64 * 64), n=64, D=64)
+    assert module.mask_matrix.shape == (64, 64)
+    tensors = [v for v in vars(module).values() if isinstance(v, torch.Tensor)] + list(module.buffers())
+    assert sum(t.numel() * t.element_size() for t in tensors) == 16
+
+
+def test_construction_touches_no_device():
+    """tinyBIG's example configs say device: mps; construction must work on a machine without it."""
+    module = masking_reconciliation(p=0.5, device="mps")
+    assert module.device == "mps" and module.rng_state.device.type == "cpu"
+    w = random_values((1, 12), torch.float32)
+    assert torch.equal(module(w=w, n=3, D=4, device="cpu"), bernoulli_mask_apply(w.view(3, 4), 0.5, module.rng_state))
+
+
+def test_state_moves_to_ws_device_at_the_first_call():
+    """The state is made on the CPU and follows w (here to the meta device, the one other device
+    every machine has), for good, at the first call there."""
+    module = masking_reconciliation(p=0.5, device="meta")
+    assert module.rng_state.device.type == "cpu"
+    out = module(w=torch.empty(1, 12, device="meta"), n=3, D=4, device="meta")
+    assert out.shape == (3, 4) and out.device.type == "meta"
+    assert module.rng_state.device.type == "meta"
+
+
+def test_checkpoint_without_rng_state_loads_strictly_and_keeps_the_mask():
+    module = masking_reconciliation(p=0.5)
+    state = module.rng_state.clone()
+    with pytest.warns(UserWarning, match=r"no 'rng_state' \(tinyBIG saves no mask\)"):
+        result = module.load_state_dict({}, strict=True)
+    assert result.missing_keys == [] and result.unexpected_keys == []
+    assert torch.equal(module.rng_state, state)
+
+
+@pytest.mark.parametrize(
+    "loaded",
+    [torch.tensor([1.0, 2.0], dtype=torch.float64), torch.tensor([1.0, 2.0]), torch.tensor([1, 2], dtype=torch.int32),
+     torch.tensor([True, False]), torch.tensor([1, 2, 3]), torch.tensor([[1, 2]])],
+    ids=["float64", "float32", "int32", "bool", "three", "2d"],
+)
+def test_checkpoint_rng_state_of_another_dtype_or_shape_is_refused(loaded):
+    module = masking_reconciliation(p=0.5)
+    state = module.rng_state.clone()
+    with pytest.raises(RuntimeError, match=error_pattern("rng_state", "int64", str(loaded.dtype).split(".")[1])):
+        module.load_state_dict({"rng_state": loaded})
+    assert torch.equal(module.rng_state, state) and module.rng_state.dtype == torch.int64
+
+
+def test_p_is_checked_when_set():
+    module = masking_reconciliation(p=0.5)
+    for bad in (1.5, -0.1, float("nan"), True, "0.5"):
+        with pytest.raises(ValueError, match="expected p"):
+            module.p = bad
+    assert module.p == 0.5
+    module.p = 1
+    assert module.p == 1.0 and isinstance(module.p, float)
+
+
+def test_eager_call_and_checked_call_agree():
+    """A numpy integer for n sends the call through the fully checked Python path."""
+    numpy = pytest.importorskip("numpy")
+    module = masking_reconciliation(p=0.5)
+    w = random_values((1, 6 * 12), torch.float32).requires_grad_()
+    fast = module(w=w, n=6, D=12, device="cpu")
+    checked = module(w=w, n=numpy.int64(6), D=12, device="cpu")
+    assert_bitwise_equal(fast, checked)
+    (fast_grad,) = torch.autograd.grad(fast.sum(), w)
+    (checked_grad,) = torch.autograd.grad(checked.sum(), w)
+    assert_bitwise_equal(fast_grad, checked_grad)
+    assert fast_grad.shape == w.shape
+
+
+def test_eager_call_refuses_what_the_op_refuses():
+    module = masking_reconciliation(p=0.5)
+    with pytest.raises(TypeError, match="expected w to be float32"):
+        module(w=torch.ones(1, 4, dtype=torch.int32), n=2, D=2)
+    with pytest.raises(ValueError, match="expected device to be w's device"):
+        module(w=torch.ones(1, 4), n=2, D=2, device="meta")
+    module.rng_state = torch.tensor([1, 2], dtype=torch.int32)
+    with pytest.raises(TypeError, match=error_pattern("rng_state", "int64", "Int")):
+        module(w=torch.ones(1, 4), n=2, D=2)
+
+
+def test_reset_parameters_redraws_from_torch_default_generator():
+    module = masking_reconciliation(p=0.5)
+    torch.manual_seed(3)
+    module.reset_parameters()
+    first = module.rng_state.clone()
+    torch.manual_seed(3)
+    module.reset_parameters()
+    assert torch.equal(first, module.rng_state)
+    module.reset_parameters()
+    assert not torch.equal(first, module.rng_state)
+
+
+def test_sum_backward_gradient_is_the_mask():
+    """.sum() hands the backward a stride-0 gradient (one value expanded)."""
+    module = masking_reconciliation(p=0.5)
+    w = random_values((1, 40 * 70), torch.float32).requires_grad_()
+    module(w=w, n=40, D=70).sum().backward()
+    assert torch.equal(w.grad, module.mask_matrix.reshape(1, -1).float())
+
+
+# ---- inside the real tinyBIG -------------------------------------------------------------------
+
+def make_head(fabrication_class=OURS, channel_num=1, m=4, remainder=True, **fabrication_parameters):
+    from tinybig.head import rpn_head
+
+    return rpn_head(
+        m=m, n=3, channel_num=channel_num,
+        data_transformation_configs={"function_class": "tinybig.expansion.taylor_expansion", "function_parameters": {"d": 2}},
+        parameter_fabrication_configs={"function_class": fabrication_class, "function_parameters": {"p": 0.5, **fabrication_parameters}},
+        remainder_configs={"function_class": "tinybig.remainder.zero_remainder"} if remainder else None,
+        device="cpu",
+    )
+
+
+def test_rpn_head_from_config_trains(tinybig):
+    torch.manual_seed(0)
+    head = make_head(channel_num=2)
+    assert type(head.parameter_fabrication) is masking_reconciliation
+    x = torch.randn(128, 4)
+    target = torch.stack([x[:, 0] * x[:, 1], x[:, 2] ** 2, x[:, 3] - x[:, 0]], dim=1)
+    w_before = head.w.detach().clone()
+    optimizer = torch.optim.Adam(head.parameters(), lr=0.05)
+    losses = []
+    for _ in range(40):
+        optimizer.zero_grad()
+        loss = F.mse_loss(head(x, device="cpu"), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses
+    # One fixed mask serves every channel and step: a dropped entry's gradient is always zero, so
+    # Adam never moves it, and every kept entry has moved.
+    D = head.w.shape[1] // 3
+    kept = head.parameter_fabrication.generate_masking_matrix(3, D).reshape(-1)
+    moved = head.w.detach() != w_before
+    assert not moved[:, ~kept].any() and moved[:, kept].all()
+
+
+def test_head_to_config_round_trip(tinybig):
+    head = make_head(m=3, remainder=False, fixed_mask=False)
+    config = head.to_config()  # tinyBIG calls to_config() on its fabrication
+    fabrication_config = config["head_parameters"]["parameter_fabrication_configs"]
+    rebuilt = tinybig.config.config.instantiation_from_configs(config, class_name="head_class", parameter_name="head_parameters")
+    again = rebuilt.parameter_fabrication.to_config()
+    assert type(rebuilt.parameter_fabrication) is masking_reconciliation
+    assert (again["function_class"], again["function_parameters"]) == (fabrication_config["function_class"], fabrication_config["function_parameters"])
+    assert rebuilt.parameter_fabrication.fixed_mask is False and rebuilt.l == head.l
+
+
+def test_mask_matrix_is_the_mask_the_head_used(tinybig):
+    head = make_head()
+    fabrication = head.parameter_fabrication
+    D = head.w.shape[1] // 3
+    phi_w = head.calculate_phi_w(D=D, channel_index=0, device="cpu")
+    assert torch.equal(phi_w, torch.where(fabrication.mask_matrix, head.w[0].detach().view(3, D), 0.0))
+
+
+def test_tinybig_checkpoint_loads_strictly(tinybig):
+    theirs = make_head(THEIRS)
+    ours = make_head()
+    state = ours.parameter_fabrication.rng_state.clone()
+    with pytest.warns(UserWarning, match="parameter_fabrication.rng_state"):
+        ours.load_state_dict(theirs.state_dict(), strict=True)
+    assert torch.equal(ours.w, theirs.w)
+    assert torch.equal(ours.parameter_fabrication.rng_state, state)
+    # The reverse direction: tinyBIG has no rng_state to load it into.
+    with pytest.raises(RuntimeError, match="Unexpected key.*rng_state"):
+        theirs.load_state_dict(ours.state_dict(), strict=True)
+    theirs.load_state_dict(ours.state_dict(), strict=False)
+
+
+def test_outputs_equal_the_same_model_with_the_op_by_hand(tinybig):
+    from tinybig.module.base_fabrication import fabrication as tinybig_fabrication
+
+    class masked_by_hand(tinybig_fabrication):
+        def __init__(self, p, rng_state, **kwargs):
+            super().__init__(**kwargs)
+            self.p, self.state = p, rng_state
+
+        def calculate_l(self, n, D):
+            return n * D
+
+        def forward(self, n, D, w, device="cpu", *args, **kwargs):
+            return bernoulli_mask_apply(w.view(n, D), self.p, self.state)
+
+    torch.manual_seed(1)
+    ours = make_head(channel_num=2)
+    by_hand = make_head(channel_num=2)
+    by_hand.parameter_fabrication = masked_by_hand(0.5, ours.parameter_fabrication.rng_state.clone())
+    by_hand.load_state_dict(ours.state_dict(), strict=False)
+    x = torch.randn(16, 4)
+    out_ours, out_by_hand = ours(x, device="cpu"), by_hand(x, device="cpu")
+    assert_bitwise_equal(out_ours, out_by_hand)
+    out_ours.square().sum().backward()
+    out_by_hand.square().sum().backward()
+    assert_bitwise_equal(ours.w.grad, by_hand.w.grad)
+
+
+def test_patch_tinybig_makes_tinybig_build_ours(tinybig, monkeypatch):
+    from tinybig.reconciliation import basic_reconciliation
+
+    for module in (tinybig.reconciliation, basic_reconciliation):  # restored after the test
+        monkeypatch.setattr(module, "masking_reconciliation", module.masking_reconciliation)
+    tinybig_cuda.patch_tinybig()
+    tinybig_cuda.patch_tinybig()  # twice is harmless
+    assert tinybig.reconciliation.masking_reconciliation is masking_reconciliation
+    assert basic_reconciliation.masking_reconciliation is masking_reconciliation
+    for path in (THEIRS, "tinybig.reconciliation.basic_reconciliation.masking_reconciliation"):
+        head = make_head(path)
+        assert type(head.parameter_fabrication) is masking_reconciliation
+        head(torch.randn(5, 4), device="cpu").sum().backward()
