@@ -15,13 +15,19 @@ a ratio measured over interleaved samples of its two cases, so machine noise hit
 Implementations (--impls):
   ours_fixed        tinybig_cuda.masking_reconciliation(fixed_mask=True), called as tinyBIG's heads do
   ours_fresh        the same with fixed_mask=False: a new 16-byte state per call
-  tinybig_fresh     tinyBIG 0.2.1's masking_reconciliation (bench/tinybig_replica.py), new mask per call
+  tinybig_fresh     tinyBIG 0.2.1's masking_reconciliation, new mask per call: the installed tinyBIG where
+                    it imports, else the replica in bench/tinybig_replica.py (the report says which)
   tinybig_cached    the same with fixed_mask=True: mask drawn once, then reused
   tinybig_compiled  torch.compile of tinybig_fresh (inductor may fuse rand, compare and multiply)
   dropout           F.dropout(w, 1 - p): PyTorch's built-in Bernoulli masking (it also rescales by 1/p)
   copy              out.copy_(w) into a preallocated tensor: the memory floor
   clone             w.clone(): a new tensor from torch's allocator per call; on the CPU, above 32 MiB,
                     that is fresh pages from the OS (ours reuses freed outputs: tinybig_cuda.memory)
+
+Per call at tinyBIG's own sizes: a tabular RPN head fabricates small matrices (6×12 to 512×3072),
+where a call's fixed costs (Python, dispatch, autograd) outweigh its bytes. The "per call" block
+times ours against tinyBIG there on 1 thread, fixed and fresh masks, forward and forward+backward,
+each ratio again over interleaved sample pairs (--per-call-sizes, --no-per-call).
 
 Output: markdown tables on stdout (progress goes to stderr), a JSON file, and a log-log plot when
 matplotlib is installed (`pip install tinybig_cuda[bench]`).
@@ -46,12 +52,17 @@ import tinybig_cuda
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tinybig_replica  # noqa: E402  (beside this file, not an installed package)
 
+TINYBIG_CLASS, TINYBIG_SOURCE = tinybig_replica.baseline()
+
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 IMPLEMENTATIONS = ["ours_fixed", "ours_fresh", "tinybig_fresh", "tinybig_cached", "tinybig_compiled", "dropout", "copy", "clone"]
 MODES = ["fwd", "fwd+bwd"]
 DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16, "float64": torch.float64}
 KEEP_PROBABILITY = 0.5
 TWO_THREADS_TARGET = "ours fixed fwd: 2 threads speed / 1 thread"
+# (n, D) of tinyBIG's tabular heads, smallest first; the first two carry the per-call targets.
+TINYBIG_SIZES = [(6, 12), (10, 256), (10, 4160), (64, 4160), (512, 3072)]
+PER_CALL_TARGETS = {"fwd": 1.3, "fwd+bwd": 1.1}  # tinyBIG time / ours at the first two sizes
 
 
 # --------------------------------------------------------------------------------------------
@@ -59,9 +70,10 @@ TWO_THREADS_TARGET = "ours fixed fwd: 2 threads speed / 1 thread"
 # backward) on prepared tensors, plus the module (or None) that holds its mask state.
 # --------------------------------------------------------------------------------------------
 
-def build_case(impl, n, dtype, device, mode):
-    """Prepares one (implementation, size, dtype, mode) case and returns (step, module, w)."""
-    D = n
+def build_case(impl, n, dtype, device, mode, D=None):
+    """Prepares one (implementation, n×D, dtype, mode) case and returns (step, module, w); D
+    defaults to n."""
+    D = n if D is None else D
     backward = mode == "fwd+bwd"
     # tinyBIG's heads pass each channel's parameters as a (1, n*D) row: fabricate from that shape.
     w = torch.randn(1, n * D, dtype=dtype, device=device, requires_grad=backward)
@@ -93,7 +105,7 @@ def build_case(impl, n, dtype, device, mode):
             module = tinybig_cuda.masking_reconciliation(p=KEEP_PROBABILITY, fixed_mask=impl == "ours_fixed", device=device)
             call = module
         elif impl in ("tinybig_fresh", "tinybig_cached", "tinybig_compiled"):
-            module = tinybig_replica.masking_reconciliation(p=KEEP_PROBABILITY, fixed_mask=impl == "tinybig_cached")
+            module = TINYBIG_CLASS(p=KEEP_PROBABILITY, fixed_mask=impl == "tinybig_cached")
             call = module
             if impl == "tinybig_compiled":
                 # A fresh compile per case: one static-shape graph each, never the recompile limit.
@@ -217,9 +229,9 @@ def num_threads(threads):
         torch.set_num_threads(before)
 
 
-def paired_ratio(numerator, denominator, n, device, args):
-    """The median over interleaved sample pairs of time(numerator) / time(denominator), and the
-    number of pairs; each case is (impl, mode, dtype, threads).
+def paired_ratio(numerator, denominator, n, device, args, D=None):
+    """The median over interleaved sample pairs of time(numerator) / time(denominator), the number
+    of pairs, and each case's median seconds per call; each case is (impl, mode, dtype, threads).
 
     The two cases alternate, sample by sample, so each ratio compares two moments of the same
     machine: on a shared VM whose speed drifts by tens of percent over seconds, a ratio of two
@@ -227,18 +239,19 @@ def paired_ratio(numerator, denominator, n, device, args):
     samplers = []
     for impl, mode, dtype, threads in (numerator, denominator):
         with num_threads(threads):
-            step, _, _ = build_case(impl, n, DTYPES[dtype], device, mode)
+            step, _, _ = build_case(impl, n, DTYPES[dtype], device, mode, D)
             warm_up(step, device, args.warmup, args.warmup_seconds)
             samplers.append((make_sampler(step, device), threads))
-    ratios = []
+    samples = []
     deadline = time.perf_counter() + args.target_seconds
-    while len(ratios) < args.repeats or (time.perf_counter() < deadline and len(ratios) < 100 * args.repeats):
+    while len(samples) < args.repeats or (time.perf_counter() < deadline and len(samples) < 100 * args.repeats):
         times = []
         for sample, threads in samplers:
             with num_threads(threads):
                 times.append(sample())
-        ratios.append(times[0] / times[1])
-    return statistics.median(ratios), len(ratios)
+        samples.append(times)
+    ratio = statistics.median(a / b for a, b in samples)
+    return ratio, len(samples), [statistics.median(times) for times in zip(*samples)]
 
 
 def measure(impl, n, dtype_name, mode, device, args):
@@ -325,7 +338,7 @@ def evaluate_targets(n, device, args, progress):
     targets = []
     for name, numerator, denominator, target, higher in wanted:
         progress(f"targets: {name}")
-        ratio, pairs = paired_ratio(numerator, denominator, n, device, args)
+        ratio, pairs, _ = paired_ratio(numerator, denominator, n, device, args)
         targets.append({"name": name, "ratio": ratio, "pairs": pairs, "target": target, "higher_is_better": higher,
                         "met": ratio >= target if higher else ratio <= target})
     for target in targets:
@@ -333,7 +346,7 @@ def evaluate_targets(n, device, args, progress):
             # With 2 threads the op is memory-bound: it can be no faster than a 2-thread copy, so
             # this bounds what the second thread can gain on this machine.
             progress("targets: the 2-thread ceiling (ours on 1 thread / copy on 2)")
-            target["ceiling"], _ = paired_ratio(case("ours_fixed", threads=1), case("copy", threads=2), n, device, args)
+            target["ceiling"], _, _ = paired_ratio(case("ours_fixed", threads=1), case("copy", threads=2), n, device, args)
     return targets
 
 
@@ -348,6 +361,36 @@ def markdown_targets(targets, n):
         if "ceiling" in t:
             lines += ["", f"The 2-thread ratio's ceiling here is {t['ceiling']:.2f}×: ours on 1 thread over a copy on 2 "
                           "threads, the memory floor that the op reaches with 2 threads."]
+    return "\n".join(lines)
+
+
+def evaluate_per_call(device, args, progress):
+    """tinyBIG's time over ours at each of its tabular sizes, on 1 thread, for fixed and fresh masks,
+    forward and forward+backward; each a paired ratio (interleaved samples). Returns dict rows."""
+    pairs = {"fixed": ("tinybig_cached", "ours_fixed"), "fresh": ("tinybig_fresh", "ours_fresh")}
+    rows = []
+    for n, D in args.per_call_sizes:
+        for mask, (theirs, ours) in pairs.items():
+            for mode in MODES:
+                progress(f"per call: {n}×{D} {mask} {mode}")
+                ratio, count, (their_s, our_s) = paired_ratio(
+                    (theirs, mode, "float32", 1), (ours, mode, "float32", 1), n, device, args, D)
+                target = PER_CALL_TARGETS[mode] if (n, D) in TINYBIG_SIZES[:2] else 1.0
+                rows.append({"n": n, "D": D, "mask": mask, "mode": mode, "tinybig_us": their_s * 1e6, "ours_us": our_s * 1e6,
+                             "ratio": ratio, "pairs": count, "target": target, "met": ratio >= target})
+    return rows
+
+
+def markdown_per_call(rows):
+    lines = [f"**per call at tinyBIG's sizes** (1 thread, float32, w a (1, n·D) parameter, tinyBIG's keyword call; "
+             f"tinyBIG = {TINYBIG_SOURCE}; speed-up = tinyBIG time / ours, the median over interleaved sample pairs; "
+             f"targets: ≥ {PER_CALL_TARGETS['fwd']:g}× forward and ≥ {PER_CALL_TARGETS['fwd+bwd']:g}× forward+backward at "
+             f"{TINYBIG_SIZES[0][0]}×{TINYBIG_SIZES[0][1]} and {TINYBIG_SIZES[1][0]}×{TINYBIG_SIZES[1][1]}, ≥ 1× elsewhere)", "",
+             "| n×D | mask | mode | tinyBIG µs | ours µs | speed-up | pairs | target | |",
+             "|:---|:---|:---|---:|---:|---:|---:|---:|:---|"]
+    for r in rows:
+        lines.append(f"| {r['n']}×{r['D']} | {r['mask']} | {r['mode']} | {r['tinybig_us']:.1f} | {r['ours_us']:.1f} | "
+                     f"{r['ratio']:.2f}× | {r['pairs']} | ≥ {r['target']:g}× | {'met' if r['met'] else 'not met'} |")
     return "\n".join(lines)
 
 
@@ -403,6 +446,10 @@ def parse_args(argv):
     parser.add_argument("--target-seconds", type=float, default=2.0,
                         help="interleave sample pairs of each target's two cases for this long (at least --repeats pairs)")
     parser.add_argument("--no-targets", action="store_true", help="skip the targets block")
+    parser.add_argument("--per-call-sizes", type=lambda text: tuple(int(x) for x in text.split("x")), nargs="+",
+                        default=TINYBIG_SIZES, metavar="NxD", help="(n, D) sizes of the per-call block, e.g. 6x12 10x256")
+    parser.add_argument("--per-call-seconds", type=float, default=1.0, help="interleave each per-call pair for this long")
+    parser.add_argument("--no-per-call", action="store_true", help="skip the per-call block at tinyBIG's sizes")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "bench_masking.json")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "bench_masking.png")
     parser.add_argument("--no-plot", action="store_true")
@@ -415,6 +462,7 @@ def parse_args(argv):
         args.sizes, args.dtypes = [256, 512, 1024, 2048, 4096, 8192], ["float32", "float16", "bfloat16"]
     if args.quick:
         args.sizes, args.repeats, args.target_size = [256, 1024], 3, 1024
+        args.per_call_sizes = TINYBIG_SIZES[:2]
     if args.repeats < 1:
         parser.error("--repeats must be at least 1")
     return args
@@ -506,6 +554,10 @@ def run_sweep(args):
     if target_ready:
         targets = evaluate_targets(args.target_size, device, args, progress)
     add_copy_percentages(rows)
+    per_call = []
+    if not args.no_per_call and ours_runs:
+        per_call_args = argparse.Namespace(**{**vars(args), "target_seconds": args.per_call_seconds})
+        per_call = evaluate_per_call(device, per_call_args, progress)
 
     cache_mib = env["cpu_output_cache_limit_bytes"] / 2**20
     where = env.get("gpu") or (f"{env['cpu']} CPU, {env['threads']} threads, tinybig_cuda CPU ISA {env['cpu_isa']}, "
@@ -521,9 +573,12 @@ def run_sweep(args):
         print(markdown_targets(targets, args.target_size))
     elif not args.no_targets:
         print(f"(targets skipped: they need {args.target_size} in --sizes and ours on {device})")
+    if per_call:
+        print()
+        print(markdown_per_call(per_call))
 
     results = {"environment": env, "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "rows": rows, "targets": targets, "seconds": time.perf_counter() - started}
+               "rows": rows, "targets": targets, "per_call": per_call, "tinybig": TINYBIG_SOURCE, "seconds": time.perf_counter() - started}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     progress(f"wrote {args.json}")

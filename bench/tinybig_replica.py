@@ -1,7 +1,8 @@
-"""A faithful replica of tinyBIG 0.2.1's `masking_reconciliation`, the baseline the bench beats.
+"""tinyBIG 0.2.1's `masking_reconciliation`, the baseline the bench beats: the installed tinyBIG
+where it imports (`baseline()`), else a faithful replica of it.
 
-Kept deliberately as tinyBIG wrote it (see /work/shared/ORIGINAL.md), slow parts included, so the
-speed-ups the bench reports are against the real thing and not against a tidied-up version:
+The replica is kept deliberately as tinyBIG wrote it, slow parts included, so the speed-ups the
+bench reports are against the real thing and not against a tidied-up version:
 
 - the mask is ``torch.rand(n, D) < p``: a float32 tensor drawn by the single-threaded CPU generator
   (MT19937), then compared, on the CPU whatever ``device`` says, and moved by ``.to(device)`` in
@@ -18,7 +19,42 @@ Only the docstrings and the trimmed base class (tinyBIG's ``fabrication`` is a `
 ``function`` holding ``name`` and ``device``) differ from tinyBIG's code.
 """
 
+import importlib.util
+import os
+import sys
+import types
+
 import torch
+
+
+def import_tinybig():
+    """The installed tinyBIG package, or None where it is not installed.
+
+    `import tinybig` runs tinybig/data/__init__.py, whose data loaders need torchvision and
+    torchtext (pinned to torch 2.2.2) and, in one file, Python 3.12 syntax; nothing of
+    masking_reconciliation needs them. A stand-in `tinybig.data` package whose __path__ is the real
+    folder is registered first, so the import skips those loaders while `tinybig.data.base_data`
+    (which tinyBIG's learners import) still loads."""
+    spec = importlib.util.find_spec("tinybig")
+    if spec is None:
+        return None
+    if "tinybig.data" not in sys.modules:
+        data = types.ModuleType("tinybig.data")
+        data.__path__ = [os.path.join(path, "data") for path in spec.submodule_search_locations]
+        sys.modules["tinybig.data"] = data
+    import tinybig
+
+    return tinybig
+
+
+def baseline():
+    """(tinyBIG's masking_reconciliation class, a description of which one it is)."""
+    tinybig = import_tinybig()
+    if tinybig is None:
+        return masking_reconciliation, "the replica of tinyBIG 0.2.1 (bench/tinybig_replica.py; tinyBIG is not installed)"
+    from tinybig.reconciliation.basic_reconciliation import masking_reconciliation as installed
+
+    return installed, f"tinyBIG {tinybig.__version__}, installed"
 
 
 class fabrication(torch.nn.Module):
