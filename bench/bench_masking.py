@@ -231,15 +231,23 @@ def num_threads(threads):
 
 def paired_ratio(numerator, denominator, n, device, args, D=None):
     """The median over interleaved sample pairs of time(numerator) / time(denominator), the number
-    of pairs, and each case's median seconds per call; each case is (impl, mode, dtype, threads).
+    of pairs, and each case's median seconds per call; each case is (impl, mode, dtype, threads)."""
+    steps = []
+    for impl, mode, dtype, threads in (numerator, denominator):
+        with num_threads(threads):
+            steps.append((build_case(impl, n, DTYPES[dtype], device, mode, D)[0], threads))
+    return paired_steps(steps, device, args)
+
+
+def paired_steps(steps, device, args):
+    """paired_ratio of two prepared (step, threads) cases.
 
     The two cases alternate, sample by sample, so each ratio compares two moments of the same
     machine: on a shared VM whose speed drifts by tens of percent over seconds, a ratio of two
     medians taken at different times measures the drift as much as the code."""
     samplers = []
-    for impl, mode, dtype, threads in (numerator, denominator):
+    for step, threads in steps:
         with num_threads(threads):
-            step, _, _ = build_case(impl, n, DTYPES[dtype], device, mode, D)
             warm_up(step, device, args.warmup, args.warmup_seconds)
             samplers.append((make_sampler(step, device), threads))
     samples = []
@@ -252,6 +260,38 @@ def paired_ratio(numerator, denominator, n, device, args, D=None):
         samples.append(times)
     ratio = statistics.median(a / b for a, b in samples)
     return ratio, len(samples), [statistics.median(times) for times in zip(*samples)]
+
+
+# Gradient layouts the backward meets, against a contiguous one (the target: within 20% of it).
+def gradient_layouts(n, device):
+    return {
+        "stride 0 (the gradient of .sum())": torch.ones((), device=device).expand(n, n),
+        "one row expanded": torch.randn(n, device=device).expand(n, n),
+        "a column slice of a wider tensor": torch.randn(n, n + 64, device=device)[:, 32 : 32 + n],
+        "every other column": torch.randn(n, 2 * n, device=device)[:, ::2],
+        "transposed": torch.randn(n, n, device=device).t(),
+    }
+
+
+def evaluate_layouts(n, device, args, progress):
+    """Masking a non-contiguous float32 (n, n) tensor over masking a contiguous one: what the
+    backward costs for each gradient layout. Returns dict rows."""
+    state = torch.tensor([1, 2], device=device)
+    contiguous = torch.randn(n, n, device=device)
+    rows = []
+    for name, layout in gradient_layouts(n, device).items():
+        progress(f"layouts: {name}")
+        steps = [(lambda g=g: tinybig_cuda.bernoulli_mask_apply(g, KEEP_PROBABILITY, state), None) for g in (layout, contiguous)]
+        ratio, pairs, _ = paired_steps(steps, device, args)
+        rows.append({"layout": name, "ratio": ratio, "pairs": pairs, "within_20_percent": ratio <= 1.2})
+    return rows
+
+
+def markdown_layouts(rows, n):
+    lines = [f"**gradient layouts at {n}² float32**: masking each layout / masking a contiguous tensor (paired ratio; "
+             "the target is within 20%)", "", "| layout | time / contiguous | pairs | within 20% |", "|:---|---:|---:|:---|"]
+    lines += [f"| {r['layout']} | {r['ratio']:.2f}× | {r['pairs']} | {'yes' if r['within_20_percent'] else 'no'} |" for r in rows]
+    return "\n".join(lines)
 
 
 def measure(impl, n, dtype_name, mode, device, args):
@@ -549,10 +589,11 @@ def run_sweep(args):
         rows.append(row)
         progress(f"{index}/{len(cases)} {n}² {dtype} {mode:7} {impl:16} {row['ms']:10.3f} ms")
 
-    targets = []
+    targets, layouts = [], []
     target_ready = args.target_size in args.sizes and not args.no_targets and ours_runs
     if target_ready:
         targets = evaluate_targets(args.target_size, device, args, progress)
+        layouts = evaluate_layouts(args.target_size, device, args, progress)
     add_copy_percentages(rows)
     per_call = []
     if not args.no_per_call and ours_runs:
@@ -571,6 +612,8 @@ def run_sweep(args):
     print(markdown_tables(rows))
     if targets:
         print(markdown_targets(targets, args.target_size))
+        print()
+        print(markdown_layouts(layouts, args.target_size))
     elif not args.no_targets:
         print(f"(targets skipped: they need {args.target_size} in --sizes and ours on {device})")
     if per_call:
@@ -578,7 +621,7 @@ def run_sweep(args):
         print(markdown_per_call(per_call))
 
     results = {"environment": env, "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "rows": rows, "targets": targets, "per_call": per_call, "tinybig": TINYBIG_SOURCE, "seconds": time.perf_counter() - started}
+               "rows": rows, "targets": targets, "layouts": layouts, "per_call": per_call, "tinybig": TINYBIG_SOURCE, "seconds": time.perf_counter() - started}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     progress(f"wrote {args.json}")

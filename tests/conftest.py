@@ -140,7 +140,7 @@ def random_values(shape, dtype, device="cpu", seed=0):
     return (magnitude * sign).to(dtype=dtype, device=device)
 
 
-LAYOUTS = ["contiguous", "transposed", "sliced", "storage_offset", "row_slice", "expanded_row", "expanded_scalar"]
+LAYOUTS = ["contiguous", "transposed", "sliced", "storage_offset", "row_slice", "expanded_row", "expanded_scalar", "far_apart"]
 
 
 def make_input(shape, layout, dtype, device="cpu", seed=0):
@@ -153,6 +153,8 @@ def make_input(shape, layout, dtype, device="cpu", seed=0):
     row_slice:       the middle columns of a wider tensor: contiguous rows, strided between them.
     expanded_row:    one row expanded over the leading dimensions (stride 0 there; 1-D: as scalar).
     expanded_scalar: one element expanded to the whole shape (every stride 0: the gradient of .sum()).
+    far_apart:       neighbours in a row on different cache lines: all dimensions reversed (2-D: the
+                     transpose), or every 33rd element (1-D).
     """
     shape = tuple(shape)
     if layout == "contiguous":
@@ -174,10 +176,15 @@ def make_input(shape, layout, dtype, device="cpu", seed=0):
         result = random_bits(shape[-1:] if len(shape) > 1 else (), dtype, device, seed).expand(shape)
     elif layout == "expanded_scalar":
         result = random_bits((), dtype, device, seed).expand(shape)
+    elif layout == "far_apart":
+        if len(shape) == 1:
+            result = random_bits((33 * shape[0],), dtype, device, seed)[::33]
+        else:
+            result = random_bits(shape[::-1], dtype, device, seed).permute(*reversed(range(len(shape))))
     else:
         raise ValueError(layout)
     assert result.shape == shape
-    if math.prod(shape) > 1 and layout in ("transposed", "sliced", "expanded_scalar"):
+    if math.prod(shape) > 1 and layout in ("transposed", "sliced", "expanded_scalar", "far_apart"):
         assert not result.is_contiguous()
     return result
 
