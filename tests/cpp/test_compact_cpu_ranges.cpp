@@ -48,10 +48,10 @@ void check_isa(CpuIsa isa, const MaskKey& key, int64_t numel, uint64_t element_o
   }
   CHECK(rank == kept, "%s chunk counts sum to %lld, not %lld", cpu_isa_name(isa),
         static_cast<long long>(rank), static_cast<long long>(kept));
-  CHECK(std::memcmp(values.data(), expected_values.data(), kept * sizeof(Bits)) == 0 && values[kept] == kSentinel,
+  CHECK(test::same_bytes(values.data(), expected_values.data(), kept * sizeof(Bits)) && values[kept] == kSentinel,
         "%s compress: %zu-byte, numel %lld, offset %llu", cpu_isa_name(isa), sizeof(Bits),
         static_cast<long long>(numel), static_cast<unsigned long long>(element_offset));
-  CHECK(std::memcmp(expanded.data(), expected_full.data(), numel * sizeof(Bits)) == 0 && expanded[numel] == kSentinel,
+  CHECK(test::same_bytes(expanded.data(), expected_full.data(), numel * sizeof(Bits)) && expanded[numel] == kSentinel,
         "%s expand: %zu-byte, numel %lld, offset %llu", cpu_isa_name(isa), sizeof(Bits),
         static_cast<long long>(numel), static_cast<unsigned long long>(element_offset));
 
@@ -71,7 +71,7 @@ void check_isa(CpuIsa isa, const MaskKey& key, int64_t numel, uint64_t element_o
   std::vector<Bits> short_out(short_count + 1, kSentinel);
   compress_range(isa, full.data(), short_out.data(), short_count, sizeof(Bits), 0, numel, 0, element_offset, key);
   CHECK(short_out[short_count] == kSentinel &&
-            std::memcmp(short_out.data(), expected_values.data(), short_count * sizeof(Bits)) == 0,
+            test::same_bytes(short_out.data(), expected_values.data(), short_count * sizeof(Bits)),
         "%s compress into too few values: numel %lld", cpu_isa_name(isa), static_cast<long long>(numel));
 }
 
