@@ -216,7 +216,7 @@ at::Tensor compress_cpu(const at::Tensor& full, double p, const at::Tensor& rng_
   const int element_size = static_cast<int>(full.element_size());
   at::parallel_for(0, chunk_count(numel), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      compress_range(isa, in, out, kept_count, element_size, c * kChunkElements,
+      compress_range(isa, in, out, (*first_rank)[c + 1], element_size, c * kChunkElements,
                      chunk_end(c, numel), (*first_rank)[c], element_offset, key);
     }
   });

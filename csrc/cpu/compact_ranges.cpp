@@ -1,6 +1,7 @@
 #include "compact_ranges.h"
 
 #include <algorithm>
+#include <cstring>
 #include <stdexcept>
 
 #if defined(__x86_64__)
@@ -60,13 +61,13 @@ void expand_tile_scalar(const Bits* values, int64_t values_count, Bits* out, con
   }
 }
 
-// Kept elements of [j, length) to staged[kept...]: unconditional stores, each dropped element's
-// overwritten by the next kept one.
+// Kept elements of [j, length) to out[kept...], below `room`: unconditional stores, each dropped
+// element's overwritten by the next kept one (which exists while kept < room).
 template <typename Bits>
-void compress_tile_scalar(const Bits* in, Bits* staged, const uint8_t* keep, int64_t j,
-                          int64_t length, int64_t& kept) {
+void compress_tile_scalar(const Bits* in, Bits* out, const uint8_t* keep, int64_t j, int64_t length,
+                          int64_t room, int64_t& kept) {
   for (; j < length; ++j) {
-    staged[kept] = in[j];
+    if (kept < room) out[kept] = in[j];  // always true but at the range's last kept elements
     kept += keep[j];
   }
 }
@@ -122,13 +123,13 @@ TINYBIG_AVX512_VBMI2 inline __m512i compress(uint32_t keep, __m512i vector, cons
     }                                                                                             \
     return j;                                                                                     \
   }                                                                                               \
-  target int64_t compress_tile_avx512(const Bits* in, Bits* staged, const uint8_t* keep,         \
-                                      int64_t length, int64_t& kept) {                            \
+  target int64_t compress_tile_avx512(const Bits* in, Bits* out, const uint8_t* keep,            \
+                                      int64_t length, int64_t room, int64_t& kept) {              \
     constexpr int kLanes = 64 / sizeof(Bits);                                                     \
     int64_t j = 0;                                                                                \
-    for (; j + kLanes <= length; j += kLanes) {                                                   \
+    for (; j + kLanes <= length && kept + kLanes <= room; j += kLanes) {                          \
       const uint32_t bits = keep_bits_avx512(keep + j, kLanes);                                   \
-      _mm512_storeu_si512(staged + kept, compress(bits, _mm512_loadu_si512(in + j), in));         \
+      _mm512_storeu_si512(out + kept, compress(bits, _mm512_loadu_si512(in + j), in));            \
       kept += _mm_popcnt_u32(bits);                                                               \
     }                                                                                             \
     return j;                                                                                     \
@@ -139,19 +140,144 @@ TINYBIG_DEFINE_TILE_AVX512(uint32_t, TINYBIG_AVX512)
 TINYBIG_DEFINE_TILE_AVX512(uint64_t, TINYBIG_AVX512)
 #undef TINYBIG_DEFINE_TILE_AVX512
 
-template <typename Bits>
-bool has_vector_tiles(CpuIsa isa) {
-  if (isa != CpuIsa::kAvx512 || sizeof(Bits) == 1) return false;
-  if (sizeof(Bits) == 2) {
-    static const bool vbmi2 = __builtin_cpu_supports("avx512vbmi2");
-    return vbmi2;
+// ---------------------------------------------------------------- one tile, AVX2
+// No expand or compress instruction: a table, indexed by the keep bits of one vector, gives the
+// permutation that moves values into the kept lanes (expand) or the kept lanes to the front
+// (compress). 4- and 8-byte lanes use VPERMD on 32 bytes, 2-byte lanes PSHUFB on 16 bytes.
+#define TINYBIG_AVX2 __attribute__((target("avx2,popcnt")))
+
+struct PermutationTables {
+  // Steps of 8 lanes of 4 bytes (VPERMD indices), 4 lanes of 8 bytes (pairs of VPERMD indices),
+  // and 8 lanes of 2 bytes (PSHUFB byte indices).
+  alignas(32) uint32_t expand4[256][8];
+  alignas(32) uint32_t compress4[256][8];
+  alignas(32) uint32_t expand8[16][8];
+  alignas(32) uint32_t compress8[16][8];
+  alignas(16) uint8_t expand2[256][16];
+  alignas(16) uint8_t compress2[256][16];
+
+  PermutationTables() {
+    for (int bits = 0; bits < 256; ++bits) {
+      int kept = 0;
+      for (int lane = 0; lane < 8; ++lane) {
+        // Expand: lane takes the value numbered by the kept lanes before it (dropped lanes are
+        // zeroed afterwards, whatever they take). Compress: position `kept` takes this lane.
+        set(expand4[bits], expand2[bits], lane, kept);
+        if ((bits >> lane) & 1) set(compress4[bits], compress2[bits], kept++, lane);
+      }
+      for (int lane = kept; lane < 8; ++lane) set(compress4[bits], compress2[bits], lane, 0);
+    }
+    for (int bits = 0; bits < 16; ++bits) {
+      int kept = 0;
+      for (int lane = 0; lane < 4; ++lane) {
+        set_pair(expand8[bits], lane, kept);
+        if ((bits >> lane) & 1) set_pair(compress8[bits], kept++, lane);
+      }
+      for (int lane = kept; lane < 4; ++lane) set_pair(compress8[bits], lane, 0);
+    }
   }
-  return true;
+  static void set(uint32_t* four_byte, uint8_t* two_byte, int lane, int source) {
+    four_byte[lane] = static_cast<uint32_t>(source);
+    two_byte[2 * lane] = static_cast<uint8_t>(2 * source);
+    two_byte[2 * lane + 1] = static_cast<uint8_t>(2 * source + 1);
+  }
+  static void set_pair(uint32_t* indices, int lane, int source) {
+    indices[2 * lane] = static_cast<uint32_t>(2 * source);
+    indices[2 * lane + 1] = static_cast<uint32_t>(2 * source + 1);
+  }
+};
+
+const PermutationTables& permutation_tables() {
+  static const PermutationTables tables;
+  return tables;
+}
+
+// The keep bits of `lanes` (4 or 8) keep bytes, and the all-ones or zero lane mask they make.
+TINYBIG_AVX2 inline uint32_t keep_bits_avx2(const uint8_t* keep, int lanes) {
+  uint64_t bytes = 0;
+  std::memcpy(&bytes, keep, static_cast<size_t>(lanes));
+  // Bytes are 0 or 1: shifted to the top bit of each byte, MOVMSKB collects them.
+  return static_cast<uint32_t>(_mm_movemask_epi8(_mm_slli_epi16(_mm_cvtsi64_si128(static_cast<int64_t>(bytes)), 7)));
+}
+
+TINYBIG_AVX2 inline __m256i lane_mask(const uint8_t* keep, const uint32_t*) {
+  return _mm256_cmpgt_epi32(_mm256_cvtepu8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(keep))), _mm256_setzero_si256());
+}
+TINYBIG_AVX2 inline __m256i lane_mask(const uint8_t* keep, const uint64_t*) {
+  int32_t bytes = 0;
+  std::memcpy(&bytes, keep, 4);
+  return _mm256_cmpgt_epi64(_mm256_cvtepu8_epi64(_mm_cvtsi32_si128(bytes)), _mm256_setzero_si256());
+}
+
+template <typename Bits>
+TINYBIG_AVX2 int64_t expand_tile_avx2(const Bits* values, int64_t values_count, Bits* out,
+                                      const uint8_t* keep, int64_t length, int64_t& rank) {
+  const PermutationTables& tables = permutation_tables();
+  int64_t j = 0;
+  if constexpr (sizeof(Bits) == 2) {
+    for (; j + 8 <= length && rank + 8 <= values_count; j += 8) {  // reads 8 values
+      const uint32_t bits = keep_bits_avx2(keep + j, 8);
+      const __m128i loaded = _mm_loadu_si128(reinterpret_cast<const __m128i*>(values + rank));
+      const __m128i moved = _mm_shuffle_epi8(loaded, _mm_load_si128(reinterpret_cast<const __m128i*>(tables.expand2[bits])));
+      const __m128i mask = _mm_cmpgt_epi16(_mm_cvtepu8_epi16(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(keep + j))), _mm_setzero_si128());
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm_and_si128(moved, mask));
+      rank += _mm_popcnt_u32(bits);
+    }
+  } else {
+    constexpr int kLanes = 32 / sizeof(Bits);
+    for (; j + kLanes <= length && rank + kLanes <= values_count; j += kLanes) {
+      const uint32_t bits = keep_bits_avx2(keep + j, kLanes);
+      const uint32_t* indices = sizeof(Bits) == 4 ? tables.expand4[bits] : tables.expand8[bits];
+      const __m256i loaded = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(values + rank));
+      const __m256i moved = _mm256_permutevar8x32_epi32(loaded, _mm256_load_si256(reinterpret_cast<const __m256i*>(indices)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + j), _mm256_and_si256(moved, lane_mask(keep + j, out)));
+      rank += _mm_popcnt_u32(bits);
+    }
+  }
+  return j;
+}
+
+template <typename Bits>
+TINYBIG_AVX2 int64_t compress_tile_avx2(const Bits* in, Bits* out, const uint8_t* keep,
+                                        int64_t length, int64_t room, int64_t& kept) {
+  const PermutationTables& tables = permutation_tables();
+  int64_t j = 0;
+  if constexpr (sizeof(Bits) == 2) {
+    for (; j + 8 <= length && kept + 8 <= room; j += 8) {
+      const uint32_t bits = keep_bits_avx2(keep + j, 8);
+      const __m128i loaded = _mm_loadu_si128(reinterpret_cast<const __m128i*>(in + j));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(out + kept),
+                       _mm_shuffle_epi8(loaded, _mm_load_si128(reinterpret_cast<const __m128i*>(tables.compress2[bits]))));
+      kept += _mm_popcnt_u32(bits);
+    }
+  } else {
+    constexpr int kLanes = 32 / sizeof(Bits);
+    for (; j + kLanes <= length && kept + kLanes <= room; j += kLanes) {
+      const uint32_t bits = keep_bits_avx2(keep + j, kLanes);
+      const uint32_t* indices = sizeof(Bits) == 4 ? tables.compress4[bits] : tables.compress8[bits];
+      const __m256i loaded = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(out + kept),
+                          _mm256_permutevar8x32_epi32(loaded, _mm256_load_si256(reinterpret_cast<const __m256i*>(indices))));
+      kept += _mm_popcnt_u32(bits);
+    }
+  }
+  return j;
+}
+
+// Which vector tiles serve elements of `Bits` on `isa`: AVX-512's where it has them (2-byte lanes
+// need AVX512_VBMI2), else AVX2's.
+enum class VectorTiles { kNone, kAvx2, kAvx512 };
+
+template <typename Bits>
+VectorTiles vector_tiles(CpuIsa isa) {
+  if (isa == CpuIsa::kScalar || sizeof(Bits) == 1) return VectorTiles::kNone;
+  if (isa == CpuIsa::kAvx512) {
+    static const bool vbmi2 = __builtin_cpu_supports("avx512vbmi2");
+    if (sizeof(Bits) != 2 || vbmi2) return VectorTiles::kAvx512;
+  }
+  return VectorTiles::kAvx2;
 }
 #endif  // __x86_64__
-
-// Lanes the staging buffer may be written past the tile's kept count by a full-vector store.
-constexpr int64_t kStagingSlack = 64;
 
 // ---------------------------------------------------------------- whole ranges
 
@@ -168,31 +294,40 @@ void expand_typed(CpuIsa isa, const Bits* values, int64_t values_count, Bits* ou
     int64_t j = 0;
 #if defined(__x86_64__)
     if constexpr (sizeof(Bits) > 1) {
-      if (has_vector_tiles<Bits>(isa)) j = expand_tile_avx512(values, values_count, out, keep, length, rank);
+      switch (vector_tiles<Bits>(isa)) {
+        case VectorTiles::kAvx512: j = expand_tile_avx512(values, values_count, out, keep, length, rank); break;
+        case VectorTiles::kAvx2: j = expand_tile_avx2(values, values_count, out, keep, length, rank); break;
+        case VectorTiles::kNone: break;
+      }
     }
 #endif
     expand_tile_scalar(values, values_count, out, keep, j, length, rank);
   });
 }
 
-// Each tile is gathered into a staging buffer, then copied out: the unconditional stores never
-// cross into the ranks of the next chunk, which another thread may be writing.
+// Straight into values: a vector store writes a whole vector from the next rank on, so the vector
+// loops stop where less than a vector of ranks remains below values_count, and the scalar loop
+// goes on. The caller bounds values_count by the range's last rank + 1, so that no store reaches
+// the ranks of another range, which another thread may be writing.
 template <typename Bits>
 void compress_typed(CpuIsa isa, const Bits* full, Bits* values, int64_t values_count,
                     int64_t begin, int64_t end, int64_t rank, uint64_t element_offset,
                     const MaskKey& key) {
-  alignas(64) Bits staged[kTileElements + kStagingSlack];
   for_each_keep_tile(isa, begin, end, element_offset, key, [&](int64_t tile, int64_t length, const uint8_t* keep) {
     const Bits* in = full + tile;
+    const int64_t room = std::max<int64_t>(0, values_count - rank);
+    Bits* out = values + std::min(rank, values_count);
     int64_t kept = 0, j = 0;
 #if defined(__x86_64__)
     if constexpr (sizeof(Bits) > 1) {
-      if (has_vector_tiles<Bits>(isa)) j = compress_tile_avx512(in, staged, keep, length, kept);
+      switch (vector_tiles<Bits>(isa)) {
+        case VectorTiles::kAvx512: j = compress_tile_avx512(in, out, keep, length, room, kept); break;
+        case VectorTiles::kAvx2: j = compress_tile_avx2(in, out, keep, length, room, kept); break;
+        case VectorTiles::kNone: break;
+      }
     }
 #endif
-    compress_tile_scalar(in, staged, keep, j, length, kept);
-    const int64_t room = std::max<int64_t>(0, std::min(kept, values_count - rank));
-    std::copy(staged, staged + room, values + rank);
+    compress_tile_scalar(in, out, keep, j, length, room, kept);
     rank += kept;
   });
 }
