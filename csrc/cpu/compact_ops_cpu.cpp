@@ -83,6 +83,9 @@ class FirstRanksCache {
   void insert(const MaskIdentity& mask, FirstRanks ranks) {
     const size_t bytes = ranks->size() * sizeof(int64_t);
     std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& entry : entries_) {
+      if (entry.first == mask) return;  // counted by two threads at once
+    }
     entries_.emplace_front(mask, std::move(ranks));
     bytes_ += bytes;
     while (entries_.size() > kMaxCachedMasks || bytes_ > kMaxCachedRankBytes) {
