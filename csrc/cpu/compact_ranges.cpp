@@ -227,6 +227,7 @@ struct ExpandAvx2 {
   int64_t values_count;
   Bits* out;
   int64_t rank;
+  const PermutationTables& tables = permutation_tables();  // once, not per vector
 
   TINYBIG_AVX2 inline void operator()(int64_t element, __m256i keep) {
     const uint32_t bits = keep_bits(keep);
@@ -239,7 +240,6 @@ struct ExpandAvx2 {
       }
       return;
     }
-    const PermutationTables& tables = permutation_tables();
     if constexpr (sizeof(Bits) == 4) {
       const __m256i moved = _mm256_permutevar8x32_epi32(load256(values + rank), load256(tables.expand4[bits]));
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(to), _mm256_and_si256(moved, keep));
@@ -270,6 +270,7 @@ struct CompressAvx2 {
   Bits* values;
   int64_t room;
   int64_t kept;
+  const PermutationTables& tables = permutation_tables();  // once, not per vector
 
   TINYBIG_AVX2 inline void operator()(int64_t element, __m256i keep) {
     const uint32_t bits = keep_bits(keep);
@@ -281,7 +282,6 @@ struct CompressAvx2 {
       }
       return;
     }
-    const PermutationTables& tables = permutation_tables();
     if constexpr (sizeof(Bits) == 4) {
       _mm256_storeu_si256(reinterpret_cast<__m256i*>(values + kept),
                           _mm256_permutevar8x32_epi32(load256(from), load256(tables.compress4[bits])));
