@@ -3,6 +3,7 @@ to checkpoint, and the time of its fabrication forward and forward+backward.
 
     python bench/bench_compact.py                      # 4096 x 4096 float32, p = 0.1, 0.25, 0.5
     python bench/bench_compact.py --size 1024 --repeats 3 --device cuda
+    python bench/bench_compact.py --threads 1          # where other jobs keep the cores busy
 
 Then the target: compact forward and forward+backward within 1.25x the full op's, at p = 0.1 and
 0.5 (those of --p), each the median ratio over interleaved sample pairs of the two modules, as
@@ -139,7 +140,10 @@ def main(argv=None):
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--target-seconds", type=float, default=3.0, help="time per target's paired samples (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device, dtype, n = torch.device(args.device), getattr(torch, args.dtype), args.size
 
     print(
