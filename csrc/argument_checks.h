@@ -11,8 +11,8 @@
 namespace tinybig_cuda {
 
 // The most elements a compact op's matrix may have: 2**62 - 1, as many as a float16 tensor can
-// hold (a tensor holds at most 2**63 - 1 bytes). tinybig_cuda/ops.py's fake kernels read it from
-// the compiled module, so both refuse the same sizes.
+// hold (a tensor holds at most 2**63 - 1 bytes). tinybig_cuda/_arguments.py states it for the fake
+// kernels; tests/test_errors.py checks that both agree (the compiled module exports it).
 constexpr int64_t kMaxCompactElements = std::numeric_limits<int64_t>::max() / 2;
 
 // "2**63 - 1" and "2**62 - 1" for the two limits, the number for any other.

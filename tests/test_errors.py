@@ -336,6 +336,10 @@ FAKE_AND_REAL_CASES = {
 }
 
 
+def test_fake_kernels_use_the_kernels_limit():
+    assert tinybig_cuda._arguments.MAX_COMPACT_ELEMENTS == tinybig_cuda._C.MAX_COMPACT_ELEMENTS == 2**62 - 1
+
+
 def _outcome(call):
     try:
         call()

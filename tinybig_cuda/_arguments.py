@@ -15,11 +15,10 @@ import operator
 
 import torch
 
-from . import _C
-
 INT64_MAX = 2**63 - 1
-# The most elements a compact op's matrix may have (2**62 - 1: a float16 tensor's most).
-MAX_COMPACT_ELEMENTS = _C.MAX_COMPACT_ELEMENTS
+# The most elements a compact op's matrix may have (2**62 - 1: a float16 tensor's most): the
+# kernels' kMaxCompactElements (csrc/argument_checks.h), which tests/test_errors.py compares.
+MAX_COMPACT_ELEMENTS = 2**62 - 1
 MASKABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
 # ---------------------------------------------------------------- Python values
@@ -59,7 +58,7 @@ def integer(op, argument, value):
 def shape(op, value):
     """value as a list of int64 sizes: a sequence of ints (torch.Size, tuple, list), or one int for
     a 1-D shape, as torch.empty takes them."""
-    if isinstance(value, (int, torch.SymInt)) or (not isinstance(value, torch.Tensor) and hasattr(type(value), "__index__")):
+    if isinstance(value, (numbers.Integral, torch.SymInt)) or (isinstance(value, torch.Tensor) and value.dim() == 0):
         return [integer(op, "shape", value)]
     if isinstance(value, (torch.Tensor, str, bytes)) or not hasattr(value, "__iter__"):
         raise TypeError(f"{op}: expected shape to be a sequence of ints, but got {type(value).__name__}")
