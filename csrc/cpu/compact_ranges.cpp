@@ -366,8 +366,8 @@ int64_t compress_tiles(CpuIsa isa, const Bits* full, Bits* values, int64_t value
   return rank;
 }
 
-// The AVX2 path serves what AVX-512 tiles do not: every element size but bytes (which only the
-// tests use) on AVX2 CPUs, and 2-byte elements on AVX-512 CPUs without VBMI2.
+// The AVX2 path serves what AVX-512 tiles do not: every element size but bytes (which no op
+// passes) on AVX2 CPUs, and 2-byte elements on AVX-512 CPUs without VBMI2.
 template <typename Bits>
 bool uses_avx2_path(CpuIsa isa) {
 #if defined(__x86_64__)
@@ -403,7 +403,7 @@ void compress_typed(CpuIsa isa, const Bits* full, Bits* values, int64_t values_c
   if (uses_avx2_path<Bits>(isa)) {
     const Avx2Span span = avx2_span(begin, end, element_offset);
     rank = compress_tiles(isa, full, values, values_count, begin, span.begin, rank, element_offset, key);
-    // Ranks counted from `rank`, so the scalar fallback's bound needs no clamping here.
+    // From here on, ranks count from `rank`: the bound is what lies below values_count.
     CompressAvx2<Bits> compress{full + span.begin, values + std::min(rank, values_count),
                                 std::max<int64_t>(0, values_count - rank), 0};
     philox_keep_steps_avx2(span.first_block, span.steps, key, compress);
