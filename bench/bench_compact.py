@@ -3,6 +3,11 @@ to checkpoint, and the time of its fabrication forward and forward+backward.
 
     python bench/bench_compact.py                      # 4096 x 4096 float32, p = 0.1, 0.25, 0.5
     python bench/bench_compact.py --size 1024 --repeats 3 --device cuda
+    python bench/bench_compact.py --threads 1          # where other jobs keep the cores busy
+
+Then the target: compact forward and forward+backward within 1.25x the full op's, at p = 0.1 and
+0.5 (those of --p), each the median ratio over interleaved sample pairs of the two modules, as
+bench_masking.py measures its targets. Nothing fails when a target is missed.
 
 Variants, each a fixed mask applied to one (1, l) parameter row as tinyBIG's heads do:
   tinyBIG   tinyBIG 0.2.1's masking_reconciliation (bench/tinybig_replica.py): l = n*D, mask = torch.rand < p,
@@ -26,9 +31,11 @@ import torch
 
 import tinybig_cuda
 import tinybig_replica
-from bench_masking import time_step
+from bench_masking import make_sampler, time_step, warm_up
 
 MIB = 2**20
+TARGET = 1.25  # compact time / full time, forward and forward+backward
+TARGET_P = (0.1, 0.5)
 
 
 class OneRowHead(torch.nn.Module):
@@ -70,7 +77,8 @@ def measure_memory(head):
     return parameters, gradients, adam, mask, buffer.getbuffer().nbytes
 
 
-def measure_time(head, repeats, device):
+def steps(head, device):
+    """The head's forward (no autograd) and forward+backward, as callables."""
     grad_output = torch.randn(head.n, head.D, dtype=head.w.dtype, device=device)
 
     def forward():
@@ -81,21 +89,61 @@ def measure_time(head, repeats, device):
         head.w.grad = None
         head().backward(grad_output)
 
+    return forward, forward_backward
+
+
+def measure_time(head, repeats, device):
     def median_ms(step):
         median_seconds, _, _ = time_step(step, device, repeats, warmup=1, budget_seconds=0.2, warmup_seconds=0.3)
         return median_seconds * 1e3
 
-    return median_ms(forward), median_ms(forward_backward)
+    return tuple(median_ms(step) for step in steps(head, device))
 
 
-def main():
+def paired_ratio(numerator, denominator, device, repeats, target_seconds):
+    """Median over interleaved sample pairs of time(numerator) / time(denominator), and the number
+    of pairs (see bench_masking.paired_ratio: on a drifting shared machine, only samples taken
+    side by side compare the code rather than the moments)."""
+    samplers = []
+    for step in (numerator, denominator):
+        warm_up(step, device, 1, 0.3)
+        samplers.append(make_sampler(step, device))
+    ratios = []
+    deadline = time.perf_counter() + target_seconds
+    while len(ratios) < repeats or (time.perf_counter() < deadline and len(ratios) < 100 * repeats):
+        first, second = (sample() for sample in samplers)
+        ratios.append(first / second)
+    return statistics.median(ratios), len(ratios)
+
+
+def evaluate_targets(n, dtype, device, probabilities, repeats, target_seconds):
+    """Compact / full time at each p of TARGET_P in `probabilities`, forward and forward+backward."""
+    targets = []
+    for p in (p for p in TARGET_P if p in probabilities):
+        torch.manual_seed(0)
+        full_fabrication, compact_fabrication = make_fabrication("full", p, device), make_fabrication("compact", p, device)
+        compact_fabrication.load_state_dict(full_fabrication.state_dict())  # one mask for both
+        full = OneRowHead(full_fabrication, n, n, dtype, device)
+        compact = OneRowHead(compact_fabrication, n, n, dtype, device)
+        for mode, compact_step, full_step in zip(("fwd", "fwd+bwd"), steps(compact, device), steps(full, device)):
+            ratio, pairs = paired_ratio(compact_step, full_step, device, repeats, target_seconds)
+            targets.append({"p": p, "mode": mode, "ratio": ratio, "pairs": pairs, "target": TARGET, "met": ratio <= TARGET})
+            print(f"  target p={p} {mode}: done", file=sys.stderr)
+    return targets
+
+
+def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=4096, help="n = D (default 4096)")
     parser.add_argument("--p", type=float, nargs="+", default=[0.1, 0.25, 0.5], help="keep probabilities")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16", "float64"])
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+    parser.add_argument("--target-seconds", type=float, default=3.0, help="time per target's paired samples (default 3)")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     device, dtype, n = torch.device(args.device), getattr(torch, args.dtype), args.size
 
     print(
@@ -114,6 +162,7 @@ def main():
             rows.append((p, variant, head.w.shape[1], parameters, gradients, adam, mask, total, checkpoint, forward_ms, forward_backward_ms))
             print(f"  p={p} {variant}: done", file=sys.stderr)
             del head
+    targets = evaluate_targets(n, dtype, args.device, args.p, args.repeats, args.target_seconds)
 
     print("| p | variant | l | parameters | gradients | Adam state | mask state | training state | vs full | checkpoint | forward ms | fwd+bwd ms |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
@@ -126,6 +175,15 @@ def main():
             f"{mask_text} | {total / MIB:.1f} MiB | {total / full_total:.2f} | {checkpoint / MIB:.1f} MiB | "
             f"{forward_ms:.1f} | {forward_backward_ms:.1f} |"
         )
+    if targets:
+        print()
+        print(f"**targets at {n}² {args.dtype}** (compact time / full time, the median ratio over interleaved sample pairs)")
+        print()
+        print("| p | mode | compact / full | pairs | target | |")
+        print("|---|---|---:|---:|---:|:---|")
+        for t in targets:
+            print(f"| {t['p']} | {t['mode']} | {t['ratio']:.2f}× | {t['pairs']} | ≤ {t['target']:g}× | {'met' if t['met'] else 'not met'} |")
+    return rows, targets
 
 
 if __name__ == "__main__":

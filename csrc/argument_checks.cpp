@@ -1,5 +1,7 @@
 #include "argument_checks.h"
 
+#include <c10/util/irange.h>
+
 #include <charconv>
 #include <limits>
 #include <string>
@@ -16,6 +18,12 @@ std::string shortest_repr(double value) {
 }
 
 }  // namespace
+
+std::string limit_text(int64_t limit) {
+  if (limit == std::numeric_limits<int64_t>::max()) return "2**63 - 1";
+  if (limit == kMaxCompactElements) return "2**62 - 1";
+  return std::to_string(limit);
+}
 
 void check_keep_probability(const char* op, double p) {
   // Written so that NaN fails too.
@@ -48,6 +56,22 @@ void check_maskable_dtype(const char* op, const char* argument, const at::Tensor
                        dtype == at::kBFloat16,
                    op, ": expected ", argument,
                    " to be float32, float64, float16 or bfloat16, but got dtype ", dtype);
+}
+
+int64_t check_shape(const char* op, at::IntArrayRef shape, int64_t max_elements) {
+  bool empty = false;
+  for (const auto d : c10::irange(shape.size())) {
+    TORCH_CHECK_VALUE(shape[d] >= 0, op, ": expected a shape of non-negative sizes, but got ", shape);
+    empty = empty || shape[d] == 0;
+  }
+  if (empty) return 0;  // whatever the other sizes
+  int64_t numel = 1;
+  for (const auto d : c10::irange(shape.size())) {
+    TORCH_CHECK_VALUE(numel <= max_elements / shape[d], op, ": expected a shape of at most ",
+                      limit_text(max_elements), " elements, but got ", shape);
+    numel *= shape[d];
+  }
+  return numel;
 }
 
 }  // namespace tinybig_cuda

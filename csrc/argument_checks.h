@@ -4,11 +4,26 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <cstdint>
+#include <limits>
+#include <string>
+
 namespace tinybig_cuda {
+
+// The most elements a compact op's matrix may have: 2**62 - 1, as many as a float16 tensor can
+// hold (a tensor holds at most 2**63 - 1 bytes). tinybig_cuda/_arguments.py states it for the fake
+// kernels; tests/test_errors.py checks that both agree (the compiled module exports it).
+constexpr int64_t kMaxCompactElements = std::numeric_limits<int64_t>::max() / 2;
+
+// "2**63 - 1" and "2**62 - 1" for the two limits, the number for any other.
+std::string limit_text(int64_t limit);
 
 void check_keep_probability(const char* op, double p);
 void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device);
 void check_element_offset(const char* op, int64_t element_offset, int64_t numel);
 void check_maskable_dtype(const char* op, const char* argument, const at::Tensor& tensor);
+// Returns the number of elements of `shape`: sizes >= 0, at most max_elements in all.
+int64_t check_shape(const char* op, at::IntArrayRef shape,
+                    int64_t max_elements = std::numeric_limits<int64_t>::max());
 
 }  // namespace tinybig_cuda

@@ -2,14 +2,15 @@
 
 #include "argument_checks.h"
 
-#include <c10/util/irange.h>
-
-#include <limits>
+#include <sstream>
+#include <string>
 
 namespace tinybig_cuda {
 
 void check_count_arguments(int64_t numel, double p, const at::Tensor& rng_state, int64_t element_offset) {
   TORCH_CHECK_VALUE(numel >= 0, kCountOp, ": expected numel >= 0, but got ", numel);
+  TORCH_CHECK_VALUE(numel <= kMaxCompactElements, kCountOp, ": expected numel <= 2**62 - 1 (the most ",
+                    "elements a float16 matrix can have), but got ", numel);
   check_keep_probability(kCountOp, p);
   check_rng_state(kCountOp, rng_state, rng_state.device());
   check_element_offset(kCountOp, element_offset, numel);
@@ -21,13 +22,10 @@ int64_t check_expand_arguments(const at::Tensor& values, double p, const at::Ten
   TORCH_CHECK_VALUE(values.dim() == 1, kExpandOp,
                     ": expected values to be 1-D (the kept entries in row-major order), but got shape ",
                     values.sizes());
-  int64_t numel = 1;
-  for (const auto d : c10::irange(shape.size())) {
-    TORCH_CHECK_VALUE(shape[d] >= 0, kExpandOp, ": expected a shape of non-negative sizes, but got ", shape);
-    TORCH_CHECK_VALUE(shape[d] == 0 || numel <= std::numeric_limits<int64_t>::max() / shape[d], kExpandOp,
-                      ": expected a shape of fewer than 2**63 elements, but got ", shape);
-    numel *= shape[d];
-  }
+  const int64_t numel = check_shape(kExpandOp, shape, kMaxCompactElements);
+  TORCH_CHECK_VALUE(values.numel() <= numel, kExpandOp, ": expected values to have at most ", numel,
+                    " elements (a mask keeps at most every entry of shape ", shape, "), but got ",
+                    values.numel());
   check_keep_probability(kExpandOp, p);
   check_rng_state(kExpandOp, rng_state, values.device());
   check_element_offset(kExpandOp, element_offset, numel);
@@ -38,21 +36,47 @@ void check_compress_arguments(const at::Tensor& full, double p, const at::Tensor
                               int64_t kept_count, int64_t element_offset) {
   check_maskable_dtype(kCompressOp, "full", full);
   TORCH_CHECK_VALUE(kept_count >= 0, kCompressOp, ": expected kept_count >= 0, but got ", kept_count);
+  TORCH_CHECK_VALUE(kept_count <= full.numel(), kCompressOp, ": expected kept_count <= ", full.numel(),
+                    " (a mask keeps at most every entry of full), but got ", kept_count);
   check_keep_probability(kCompressOp, p);
   check_rng_state(kCompressOp, rng_state, full.device());
   check_element_offset(kCompressOp, element_offset, full.numel());
 }
 
-void check_values_match_mask(const at::Tensor& values, int64_t kept, at::IntArrayRef shape) {
-  TORCH_CHECK_VALUE(values.numel() == kept, kExpandOp, ": expected values to have ", kept,
-                    " elements, the number of entries the mask keeps of shape ", shape,
-                    ", but got ", values.numel());
+namespace {
+
+// Why `claimed` is not the mask's count: "K elements, the number of entries the mask keeps of
+// <what>, but got <claimed>", or, where counting stopped early, the bound that rules it out.
+std::string mismatch(const char* noun, const KeptCount& kept, const std::string& what, int64_t claimed) {
+  std::ostringstream text;
+  if (kept.at_least == kept.at_most) {
+    text << kept.at_least << noun << ", the number of entries the mask keeps of " << what
+         << ", but got " << claimed;
+  } else {
+    text << "the number of entries the mask keeps of " << what << ", but got " << claimed
+         << ": the mask keeps at " << (kept.at_least > claimed ? "least " : "most ")
+         << (kept.at_least > claimed ? kept.at_least : kept.at_most)
+         << " (counting stopped once that was certain)";
+  }
+  return text.str();
 }
 
-void check_kept_count_matches_mask(int64_t kept_count, int64_t kept, const at::Tensor& full) {
-  TORCH_CHECK_VALUE(kept_count == kept, kCompressOp, ": expected kept_count to be ", kept,
-                    ", the number of entries the mask keeps of full (shape ", full.sizes(),
-                    "), but got ", kept_count);
+std::string shape_text(at::IntArrayRef shape) {
+  std::ostringstream text;
+  text << "shape " << shape;
+  return text.str();
+}
+
+}  // namespace
+
+void check_values_match_mask(const at::Tensor& values, const KeptCount& kept, at::IntArrayRef shape) {
+  TORCH_CHECK_VALUE(kept.allows(values.numel()), kExpandOp, ": expected values to have ",
+                    mismatch(" elements", kept, shape_text(shape), values.numel()));
+}
+
+void check_kept_count_matches_mask(int64_t kept_count, const KeptCount& kept, const at::Tensor& full) {
+  TORCH_CHECK_VALUE(kept.allows(kept_count), kCompressOp, ": expected kept_count to be ",
+                    mismatch("", kept, "full (" + shape_text(full.sizes()) + ")", kept_count));
 }
 
 }  // namespace tinybig_cuda

@@ -7,7 +7,6 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
-#include <c10/util/irange.h>
 
 #include <array>
 #include <map>
@@ -40,17 +39,14 @@ at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& 
 at::Tensor bernoulli_mask_with(MaskedCopyKernel kernel, at::IntArrayRef shape, double p,
                                const at::Tensor& rng_state, int64_t element_offset) {
   constexpr const char* op = "tinybig_cuda.bernoulli_mask";
-  for (const auto d : c10::irange(shape.size())) {
-    TORCH_CHECK_VALUE(shape[d] >= 0, op, ": expected a shape of non-negative sizes, but got ",
-                      shape);
-  }
+  const int64_t numel = check_shape(op, shape);
   check_keep_probability(op, p);
   check_rng_state(op, rng_state, rng_state.device());
+  check_element_offset(op, element_offset, numel);
   const at::TensorOptions options = rng_state.options().dtype(at::kBool);
   // The mask is the masked copy of an all-true tensor (one `true` expanded, so nothing of the
   // mask's size is allocated for it): one kernel serves both ops.
   at::Tensor mask = empty_output(shape, options);
-  check_element_offset(op, element_offset, mask.numel());
   if (mask.numel() > 0) {
     kernel(at::ones({}, options).expand(shape), mask, p, rng_state.contiguous(),
            static_cast<uint64_t>(element_offset));
@@ -124,6 +120,7 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("masked_fabrication_fresh", &tc::masked_fabrication_fresh,
              "masking_reconciliation's call with a fresh state from torch's default generator "
              "for w's device: (matrix, state).");
+  module.attr("MAX_COMPACT_ELEMENTS") = tc::kMaxCompactElements;
   module.def("has_cuda_kernels", [] {
 #ifdef TINYBIG_WITH_CUDA
         return true;

@@ -523,3 +523,80 @@ def test_compact_kernels_compiled_for_every_architecture_without_local_memory(co
             assert re.search(r"STG\.E\.128", sass), f"{key}: no 16-byte global store"
         if key[1] == "compress":
             assert re.search(r"LDG\.E\.128", sass), f"{key}: no 16-byte global load"
+
+
+# ---------------------------------------------------------------- review defects
+
+
+def test_kept_count_follows_the_states_value_however_it_is_written():
+    """The remembered count is keyed on the state's value: writes that skip the version counter
+    (through .data or a NumPy view) and new state tensors at a freed address (version 0 again)
+    must never give the old mask's count."""
+    n, D, p = 50, 50, 0.5
+    module = masking_reconciliation(p=p, compact=True)
+
+    def expected():
+        return tinybig_cuda.count_kept(n * D, p, module.rng_state)
+
+    before = module.calculate_l(n, D)
+    module.rng_state.data[0] += 1  # no version bump
+    assert expected() != before, "pick a state whose count changes"
+    assert module.calculate_l(n, D) == expected()
+    w = torch.randn(1, expected())
+    assert module.expand_parameters(w, n, D).shape == (1, n * D)
+    before = module.calculate_l(n, D)
+    module.rng_state.numpy()[1] += 7
+    assert expected() != before
+    assert module.calculate_l(n, D) == expected()
+    for seed in range(10):  # new tensors, often at the address just freed
+        module.rng_state = make_state(seed, 0)
+        assert module.calculate_l(n, D) == expected(), seed
+
+
+def test_impossible_counts_are_refused_at_once_naming_numel():
+    state = _state()
+    for numel in (2**62, 2**63 - 1):
+        with pytest.raises(ValueError, match=error_pattern("numel", re.escape("2**62 - 1"), str(numel))):
+            tinybig_cuda.bernoulli_mask_count(numel, 0.5, state)
+    with pytest.raises(ValueError, match=error_pattern("shape", re.escape("2**62 - 1"), str(2**31))):
+        tinybig_cuda.bernoulli_mask_expand(torch.zeros(3), 0.5, state, (2**31, 2**31))
+    module = masking_reconciliation(p=0.5, compact=True)
+    with pytest.raises(ValueError, match=error_pattern("n", re.escape("2**62 - 1"), f"n={2**62}, D=4")):
+        module.calculate_l(2**62, 4)
+
+
+def test_counts_that_cannot_match_are_refused_before_the_mask_is_counted():
+    state = _state()
+    # More values than the matrix has entries, or a kept_count beyond them: no count needed.
+    with pytest.raises(ValueError, match=error_pattern("values", "at most 3", "10")):
+        tinybig_cuda.bernoulli_mask_expand(torch.zeros(10), 0.5, state, (3,))
+    with pytest.raises(ValueError, match=error_pattern("kept_count", "<= 12", "13")):
+        tinybig_cuda.bernoulli_mask_compress(torch.zeros(3, 4), 0.5, state, 13)
+    # A large mask: counting stops once the partial count rules the claimed count out.
+    numel = 2**30  # 2 GiB of float16 output, allocated (not touched) before counting
+    with pytest.raises(ValueError, match=error_pattern("values", "at least", r"\b3\b")) as refused:
+        tinybig_cuda.bernoulli_mask_expand(torch.zeros(3, dtype=torch.float16), 0.5, state, (numel,))
+    assert "counting stopped" in str(refused.value)
+    full = torch.zeros(2**25, dtype=torch.float16)
+    with pytest.raises(ValueError, match=error_pattern("kept_count", "at most", str(2**25 - 1))):
+        tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, 2**25 - 1)
+    # And a right count still works after a refused one (nothing half-counted is remembered).
+    kept = tinybig_cuda.count_kept(2**25, 0.5, state)
+    assert tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, kept).shape == (kept,)
+
+
+def test_remembered_ranks_are_keyed_on_every_input_of_the_mask():
+    """The CPU ops remember each mask's per-chunk ranks: every input that changes the mask must
+    give its own (checked against the reference after the cache holds the others)."""
+    numel = 3 * 2**16 + 5  # several chunks
+    base = dict(p=0.4, seed=1, offset=2, element_offset=0, numel=numel)
+    variants = [base, {**base, "p": 0.41}, {**base, "seed": 2}, {**base, "offset": 3},
+                {**base, "element_offset": 1}, {**base, "numel": numel - 1}]
+    for _ in range(2):  # the second round runs on remembered ranks
+        for v in variants:
+            state = make_state(v["seed"], v["offset"])
+            kept = reference.bernoulli_mask_count(v["numel"], v["p"], state, v["element_offset"])
+            assert tinybig_cuda.count_kept(v["numel"], v["p"], state, v["element_offset"]) == kept, v
+            values = random_bits((kept,), torch.float32, seed=kept)
+            full = tinybig_cuda.bernoulli_mask_expand(values, v["p"], state, (v["numel"],), v["element_offset"])
+            assert_bitwise_equal(full, reference.bernoulli_mask_expand(values, v["p"], state, (v["numel"],), v["element_offset"]))

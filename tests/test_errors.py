@@ -238,3 +238,126 @@ def test_module_rejects_device_that_is_not_ws(device):
     with pytest.raises(ValueError, match=error_pattern("device", re.escape(str(w.device)), other)):
         module(w=w, n=2, D=3, device=other)
     snapshot.assert_unchanged()
+
+
+# ---------------------------------------------------------------- one argument policy
+
+
+def _functional_calls(state):
+    """Every functional entry point, as f(p=..., element_offset=...)."""
+    w = torch.randn(12)
+    return {
+        "bernoulli_mask_apply": lambda p=0.5, element_offset=0: tinybig_cuda.bernoulli_mask_apply(w, p, state, element_offset),
+        "bernoulli_mask": lambda p=0.5, element_offset=0: tinybig_cuda.bernoulli_mask((3, 4), p, state, element_offset),
+        "bernoulli_mask_count": lambda p=0.5, element_offset=0: tinybig_cuda.bernoulli_mask_count(12, p, state, element_offset),
+        "bernoulli_mask_expand": lambda p=0.5, element_offset=0: tinybig_cuda.bernoulli_mask_expand(torch.randn(0), p, state, (0,), element_offset),
+        "bernoulli_mask_compress": lambda p=0.5, element_offset=0: tinybig_cuda.bernoulli_mask_compress(w, p, state, None, element_offset),
+    }
+
+
+@pytest.mark.parametrize("op", list(_functional_calls(None)))
+def test_every_entry_point_has_one_policy_for_python_arguments(op):
+    """A bool or a non-number is a TypeError, an int past int64 a ValueError, each naming the
+    argument, for the functional ops as for the module (the dispatcher alone would take True as 1
+    and report 2**63 as "expected 'int' but found 'int'")."""
+    call = _functional_calls(make_state(1, 2))[op]
+    for bad in (True, "0.5", None, torch.tensor([0.5, 0.5])):
+        with pytest.raises(TypeError, match=error_pattern("p", "float", re.escape(repr(bad)))):
+            call(p=bad)
+    for bad in (True, 2.0, "1"):
+        with pytest.raises(TypeError, match=error_pattern("element_offset", "int", re.escape(repr(bad)))):
+            call(element_offset=bad)
+    with pytest.raises(ValueError, match=error_pattern("element_offset", "int64", str(2**63))):
+        call(element_offset=2**63)
+    call(p=0.5, element_offset=0)  # and the valid values still pass
+    call(p=1, element_offset=torch.tensor(0))  # an int p, a 0-d integer tensor offset
+
+
+def test_module_shares_the_policy():
+    with pytest.raises(TypeError, match=error_pattern("p", "float", "True")):
+        tinybig_cuda.masking_reconciliation(p=True)
+    module = tinybig_cuda.masking_reconciliation(p=0.5)
+    with pytest.raises(TypeError, match=error_pattern("n", "int", "True")):
+        module.calculate_l(True, 3)
+    with pytest.raises(TypeError, match=error_pattern("D", "int", re.escape("2.0"))):
+        module.generate_masking_matrix(2, 2.0)
+
+
+def test_counts_and_shapes_follow_the_policy():
+    state = make_state(1, 2)
+    with pytest.raises(TypeError, match=error_pattern("kept_count", "int", "True")):
+        tinybig_cuda.bernoulli_mask_compress(torch.ones(1), 1.0, state, True)
+    with pytest.raises(TypeError, match=error_pattern("numel", "int", re.escape("12.0"))):
+        tinybig_cuda.bernoulli_mask_count(12.0, 0.5, state)
+    with pytest.raises(TypeError, match=error_pattern("shape", "sequence of ints", "Tensor")):
+        tinybig_cuda.bernoulli_mask(torch.tensor([3, 4]), 0.5, state)
+    with pytest.raises(TypeError, match=error_pattern("shape", "int", "True")):
+        tinybig_cuda.bernoulli_mask((True, 4), 0.5, state)
+    with pytest.raises(ValueError, match=error_pattern("shape", "int64", str(2**64))):
+        tinybig_cuda.bernoulli_mask_expand(torch.zeros(0), 0.5, state, (2**64,))
+    # One int is a 1-D shape, as for torch.empty.
+    assert torch.equal(tinybig_cuda.bernoulli_mask(5, 0.5, state), tinybig_cuda.bernoulli_mask((5,), 0.5, state))
+
+
+# ---------------------------------------------------------------- fake kernels refuse what the kernels refuse
+
+OPS = torch.ops.tinybig_cuda
+STATE = make_state(1, 2)
+# (op, arguments): each breaks one rule of csrc/argument_checks.cpp or csrc/compact_op.cpp, or none.
+FAKE_AND_REAL_CASES = {
+    "apply ok": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE, 5)),
+    "apply int w": (OPS.bernoulli_mask_apply, (torch.ones(3, dtype=torch.int32), 0.5, STATE, 0)),
+    "apply p": (OPS.bernoulli_mask_apply, (torch.ones(3), 1.5, STATE, 0)),
+    "apply state dtype": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE.int(), 0)),
+    "apply state shape": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, torch.ones(3, dtype=torch.int64), 0)),
+    "apply 2-D state": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE.view(1, 2), 0)),
+    "apply negative offset": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE, -1)),
+    "apply offset past int64": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE, 2**63 - 1)),
+    "mask ok": (OPS.bernoulli_mask, ([2, 0, 2**62], 0.5, STATE, 0)),
+    "mask negative size": (OPS.bernoulli_mask, ([3, -1], 0.5, STATE, 0)),
+    "mask 2**63 elements": (OPS.bernoulli_mask, ([2**32, 2**31], 0.5, STATE, 0)),
+    "mask offset past int64": (OPS.bernoulli_mask, ([10], 0.5, STATE, 2**63 - 5)),
+    "count ok": (OPS.bernoulli_mask_count, (12, 0.5, STATE, 3)),
+    "count negative": (OPS.bernoulli_mask_count, (-1, 0.5, STATE, 0)),
+    "count 2**62": (OPS.bernoulli_mask_count, (2**62, 0.5, STATE, 0)),
+    "count offset past int64": (OPS.bernoulli_mask_count, (1, 0.5, STATE, 2**63 - 1)),
+    "count p nan": (OPS.bernoulli_mask_count, (1, float("nan"), STATE, 0)),
+    "expand 2-D values": (OPS.bernoulli_mask_expand, (torch.ones(1, 1), 0.5, STATE, [3], 0)),
+    "expand int values": (OPS.bernoulli_mask_expand, (torch.ones(1, dtype=torch.int64), 0.5, STATE, [3], 0)),
+    "expand 2**62 elements": (OPS.bernoulli_mask_expand, (torch.ones(1), 0.5, STATE, [2**31, 2**31], 0)),
+    "expand 2**63 elements": (OPS.bernoulli_mask_expand, (torch.ones(1), 0.5, STATE, [2**32, 2**31], 0)),
+    "expand negative size": (OPS.bernoulli_mask_expand, (torch.ones(1), 0.5, STATE, [-3], 0)),
+    "expand too many values": (OPS.bernoulli_mask_expand, (torch.ones(4), 0.5, STATE, [3], 0)),
+    "expand offset past int64": (OPS.bernoulli_mask_expand, (torch.ones(1), 0.5, STATE, [3], 2**63 - 2)),
+    "compress ok": (OPS.bernoulli_mask_compress, (torch.ones(3), 1.0, STATE, 3, 0)),
+    "compress negative count": (OPS.bernoulli_mask_compress, (torch.ones(3), 0.5, STATE, -1, 0)),
+    "compress count past numel": (OPS.bernoulli_mask_compress, (torch.ones(3), 0.5, STATE, 4, 0)),
+    "compress offset past int64": (OPS.bernoulli_mask_compress, (torch.ones(3), 0.5, STATE, 1, 2**63 - 2)),
+    "compress bool full": (OPS.bernoulli_mask_compress, (torch.ones(3, dtype=torch.bool), 0.5, STATE, 1, 0)),
+}
+
+
+def test_fake_kernels_use_the_kernels_limit():
+    assert tinybig_cuda._arguments.MAX_COMPACT_ELEMENTS == tinybig_cuda._C.MAX_COMPACT_ELEMENTS == 2**62 - 1
+
+
+def _outcome(call):
+    try:
+        call()
+    except (ValueError, TypeError, RuntimeError) as error:
+        return type(error), str(error).split(": expected")[0], re.findall(r"expected (\w+)", str(error))[:1]
+    return None
+
+
+@pytest.mark.parametrize("case", list(FAKE_AND_REAL_CASES))
+def test_fake_kernels_refuse_exactly_what_the_kernels_refuse(case):
+    """Same exception type, op and argument named, for every rule; no refusal where none is due.
+    (Sizes that only fail to allocate, like 2**62 bools, are outside the rules: the fake kernel
+    allocates nothing.)"""
+    op, args = FAKE_AND_REAL_CASES[case]
+    real = _outcome(lambda: op.default(*args))
+    with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+        fake_args = [mode.from_tensor(a) if isinstance(a, torch.Tensor) else a for a in args]
+        fake = _outcome(lambda: op.default(*fake_args))
+    assert fake == real
+    assert (real is None) == case.endswith(" ok")

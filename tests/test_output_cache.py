@@ -1,6 +1,8 @@
 """The CPU output cache (csrc/cpu/output_cache.cpp): large outputs reuse freed memory, and the
 reused memory never leaks its old contents into a result."""
 
+import os
+import sys
 import threading
 
 import pytest
@@ -209,3 +211,49 @@ def test_profiler_counts_cached_outputs_as_allocated_while_in_use():
     events = {event.key: event for event in prof.key_averages()}
     assert events["tinybig_cuda::bernoulli_mask_apply"].self_cpu_memory_usage == 3 * CACHED_MIN_BYTES
     assert events["[memory]"].self_cpu_memory_usage <= -3 * CACHED_MIN_BYTES  # and freed again
+
+
+def test_cached_outputs_can_be_lazily_cloned():
+    """torch._lazy_clone (a copy-on-write clone) needs a DataPtr whose context is its data, as
+    torch's own CPU tensors have."""
+    out = masked(SMALL_BLOCK)
+    expected = out.clone()
+    clone = torch._lazy_clone(out)
+    assert torch._C._is_cow_tensor(clone) and torch._C._is_cow_tensor(out)  # shared until written
+    clone[0] = 7.0  # copies the clone's data
+    assert_bitwise_equal(out, expected)
+    assert clone[0] == 7.0 and torch.equal(clone[1:], expected[1:])
+    del out, clone
+    # The shared block came back once both tensors were freed.
+    assert info()["cached_bytes"] >= CACHED_MIN_BYTES
+    hits = info()["hits"]
+    masked(SMALL_BLOCK)
+    assert info()["hits"] == hits + 1
+
+
+def resident_bytes():
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/statm")
+def test_emptying_the_cache_returns_its_memory_to_the_os():
+    """glibc serves blocks of up to 32 MiB from its heap once it has raised its mmap threshold
+    (which freeing one such block does), and keeps freed heap memory: the cache's blocks must come
+    from memory it can really give back. The outputs come from expand with p = 0, whose only input
+    is empty, so no other large allocation muddies the count."""
+    state = make_state(3, 4)
+    sizes = [(n * MiB // 4,) for n in (8, 12, 16, 24, 32)]  # float32 outputs of 8-32 MiB
+
+    def outputs():
+        return [tinybig_cuda.bernoulli_mask_expand(torch.empty(0), 0.0, state, size) for size in sizes]
+
+    before = resident_bytes()
+    for _ in range(3):  # the first round's frees raise glibc's threshold; later rounds would use its heap
+        held = outputs()
+        grown = resident_bytes() - before
+        del held
+        assert info()["cached_bytes"] == sum(size[0] * 4 for size in sizes)
+        tinybig_cuda.empty_cpu_output_cache()
+    kept = resident_bytes() - before
+    assert grown > 80 * MiB and kept < 8 * MiB, (grown / MiB, kept / MiB)

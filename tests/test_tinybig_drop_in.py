@@ -115,8 +115,8 @@ def test_checkpoint_rng_state_of_another_dtype_or_shape_is_refused(loaded):
 
 def test_p_is_checked_when_set():
     module = masking_reconciliation(p=0.5)
-    for bad in (1.5, -0.1, float("nan"), True, "0.5"):
-        with pytest.raises(ValueError, match="expected p"):
+    for bad, error in ((1.5, ValueError), (-0.1, ValueError), (float("nan"), ValueError), (True, TypeError), ("0.5", TypeError)):
+        with pytest.raises(error, match="expected p"):
             module.p = bad
     assert module.p == 0.5
     module.p = 1

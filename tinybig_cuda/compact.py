@@ -17,7 +17,8 @@ from typing import Optional, Sequence
 
 import torch
 
-from .ops import _MASKABLE_DTYPES, _check_like_the_kernels  # importing ops loads the compiled library
+from . import ops  # noqa: F401  (loads the compiled library, or says why it cannot)
+from . import _arguments as arguments
 
 __all__ = ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
 
@@ -36,6 +37,10 @@ def bernoulli_mask_count(numel: int, p: float, rng_state: torch.Tensor, element_
         An int64 scalar tensor on `rng_state`'s device (no host sync on CUDA). Its expectation is
         ``p * numel``.
     """
+    op = "tinybig_cuda.bernoulli_mask_count"
+    numel = arguments.integer(op, "numel", numel)
+    p = arguments.keep_probability(op, p)
+    element_offset = arguments.integer(op, "element_offset", element_offset)
     return torch.ops.tinybig_cuda.bernoulli_mask_count.default(numel, p, rng_state, element_offset)
 
 
@@ -68,7 +73,11 @@ def bernoulli_mask_expand(
     Returns:
         A new contiguous tensor of `shape` and `values`' dtype.
     """
-    return torch.ops.tinybig_cuda.bernoulli_mask_expand.default(values, p, rng_state, list(shape), element_offset)
+    op = "tinybig_cuda.bernoulli_mask_expand"
+    shape = arguments.shape(op, shape)
+    p = arguments.keep_probability(op, p)
+    element_offset = arguments.integer(op, "element_offset", element_offset)
+    return torch.ops.tinybig_cuda.bernoulli_mask_expand.default(values, p, rng_state, shape, element_offset)
 
 
 def bernoulli_mask_compress(
@@ -90,39 +99,49 @@ def bernoulli_mask_compress(
     Returns:
         A new contiguous 1-D tensor of `kept_count` elements, `full`'s dtype.
     """
+    op = "tinybig_cuda.bernoulli_mask_compress"
+    p = arguments.keep_probability(op, p)
+    element_offset = arguments.integer(op, "element_offset", element_offset)
     if kept_count is None:
         kept_count = count_kept(full.numel(), p, rng_state, element_offset)
+    kept_count = arguments.integer(op, "kept_count", kept_count)
     return torch.ops.tinybig_cuda.bernoulli_mask_compress.default(full, p, rng_state, kept_count, element_offset)
 
 
 # ---------------------------------------------------------------- fake kernels
-
-
-def _check_dtype(op, argument, tensor):
-    torch._check_type(
-        tensor.dtype in _MASKABLE_DTYPES,
-        lambda: f"{op}: expected {argument} to be float32, float64, float16 or bfloat16, but got dtype {tensor.dtype}",
-    )
+# The same checks as the kernels, in the same order (tinybig_cuda/_arguments.py).
 
 
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_count")
 def _(numel, p, rng_state, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_count"
     torch._check_value(numel >= 0, lambda: f"{op}: expected numel >= 0, but got {numel}")
-    _check_like_the_kernels(op, p, rng_state, rng_state.device, element_offset)
+    torch._check_value(
+        numel <= arguments.MAX_COMPACT_ELEMENTS,
+        lambda: f"{op}: expected numel <= 2**62 - 1 (the most elements a float16 matrix can have), but got {numel}",
+    )
+    arguments.fake_check_probability(op, p)
+    arguments.fake_check_rng_state(op, rng_state, rng_state.device)
+    arguments.fake_check_element_offset(op, element_offset, numel)
     return torch.empty((), dtype=torch.int64, device=rng_state.device)
 
 
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_expand")
 def _(values, p, rng_state, shape, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_expand"
-    _check_dtype(op, "values", values)
+    arguments.fake_check_dtype(op, "values", values)
     torch._check_value(
         values.dim() == 1,
         lambda: f"{op}: expected values to be 1-D (the kept entries in row-major order), but got shape {list(values.shape)}",
     )
-    torch._check_value(all(size >= 0 for size in shape), lambda: f"{op}: expected a shape of non-negative sizes, but got {list(shape)}")
-    _check_like_the_kernels(op, p, rng_state, values.device, element_offset)
+    numel = arguments.fake_check_shape(op, shape, arguments.MAX_COMPACT_ELEMENTS)
+    torch._check_value(
+        values.numel() <= numel,
+        lambda: f"{op}: expected values to have at most {numel} elements (a mask keeps at most every entry of shape {list(shape)}), but got {values.numel()}",
+    )
+    arguments.fake_check_probability(op, p)
+    arguments.fake_check_rng_state(op, rng_state, values.device)
+    arguments.fake_check_element_offset(op, element_offset, numel)
     # Whether values holds the mask's kept count depends on data; the real kernels check it.
     return torch.empty(shape, dtype=values.dtype, device=values.device)
 
@@ -130,7 +149,13 @@ def _(values, p, rng_state, shape, element_offset=0):
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_compress")
 def _(full, p, rng_state, kept_count, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_compress"
-    _check_dtype(op, "full", full)
+    arguments.fake_check_dtype(op, "full", full)
     torch._check_value(kept_count >= 0, lambda: f"{op}: expected kept_count >= 0, but got {kept_count}")
-    _check_like_the_kernels(op, p, rng_state, full.device, element_offset)
+    torch._check_value(
+        kept_count <= full.numel(),
+        lambda: f"{op}: expected kept_count <= {full.numel()} (a mask keeps at most every entry of full), but got {kept_count}",
+    )
+    arguments.fake_check_probability(op, p)
+    arguments.fake_check_rng_state(op, rng_state, full.device)
+    arguments.fake_check_element_offset(op, element_offset, full.numel())
     return torch.empty((kept_count,), dtype=full.dtype, device=full.device)

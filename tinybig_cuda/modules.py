@@ -1,12 +1,12 @@
 """tinyBIG's parameter fabrication base class and its masking reconciliation, on the fused op."""
 
-import numbers
 import warnings
 from abc import ABC, abstractmethod
 
 import torch
 
 from . import _C
+from . import _arguments as arguments
 from .compact import bernoulli_mask_compress, bernoulli_mask_expand, count_kept
 from .ops import _MASKABLE_DTYPES, bernoulli_mask, bernoulli_mask_apply
 
@@ -60,15 +60,14 @@ class fabrication(torch.nn.Module, ABC):
 
 
 def _check_keep_probability(p):
-    if isinstance(p, bool) or not isinstance(p, numbers.Real) or not 0.0 <= float(p) <= 1.0:
-        raise ValueError(f"masking_reconciliation: expected p, the keep probability, to be a number in [0, 1], but got {p!r}")
-    return float(p)
+    return arguments.keep_probability("masking_reconciliation", p)
 
 
 def _check_size(argument, value):
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+    value = arguments.integer("masking_reconciliation", argument, value)
+    if value < 0:
         raise ValueError(f"masking_reconciliation: expected {argument} to be a non-negative integer, but got {value!r}")
-    return int(value)
+    return value
 
 
 def _draw_rng_state(device):
@@ -122,7 +121,7 @@ class masking_reconciliation(fabrication):
             )
         self.fixed_mask = bool(fixed_mask)
         self.compact = bool(compact)
-        self._kept_counts = {}  # (n, D, p, state identity) -> K, so forward checks w without recounting
+        self._kept_counts = {}  # (n, D, p, device, state value) -> K, so forward checks w without recounting
         self._mask_matrix_of = None  # (n, D, device or None for rng_state's): what mask_matrix shows
         # Drawn on the CPU, so one torch.manual_seed gives one mask on every device.
         self.register_buffer("rng_state", _draw_rng_state("cpu"), persistent=self.fixed_mask)
@@ -158,21 +157,24 @@ class masking_reconciliation(fabrication):
         n, D = _check_size("n", n), _check_size("D", D)
         return self._kept_count(n, D) if self.compact else n * D
 
-    def _kept_count(self, n, D, recount=False):
+    def _kept_count(self, n, D):
+        if n * D > arguments.MAX_COMPACT_ELEMENTS:
+            raise ValueError(
+                f"masking_reconciliation: expected n*D <= 2**62 - 1 (the most elements a compact matrix can have), but got n={n}, D={D}"
+            )
         state = self.rng_state
-        # A buffer written in place (load_state_dict) bumps its version; a moved one is a new tensor.
-        key = (n, D, self.p, state.device, state.data_ptr(), state._version)
-        if recount or key not in self._kept_counts:
+        # Keyed on the state's value (on CUDA, reading it is a 16-byte copy): a new state tensor
+        # at a freed address, or one written behind autograd's back, can never give a stale count.
+        key = (n, D, self.p, state.device, tuple(state.tolist()))
+        kept = self._kept_counts.get(key)
+        if kept is None:
             if len(self._kept_counts) >= 64:
                 self._kept_counts.clear()
-            self._kept_counts[key] = count_kept(n * D, self.p, state)
-        return self._kept_counts[key]
+            kept = self._kept_counts[key] = count_kept(n * D, self.p, state)
+        return kept
 
     def _check_compact_w(self, n, D, w):
-        if w.numel() == self._kept_count(n, D):
-            return
-        # Never trust a remembered count to refuse w: count again (the op checks it anyway).
-        kept = self._kept_count(n, D, recount=True)
+        kept = self._kept_count(n, D)
         if w.numel() != kept:
             raise ValueError(
                 f"masking_reconciliation: expected w to have calculate_l({n}, {D}) = {kept} elements (compact=True: "

@@ -16,6 +16,8 @@ except ImportError as error:  # most often: the source tree shadows the installe
         "source tree (run tests with the `pytest` command, not `python -m pytest`)."
     ) from error
 
+from . import _arguments as arguments
+
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask"]
 
 
@@ -37,6 +39,9 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     Returns:
         A new contiguous tensor of `w`'s shape and dtype.
     """
+    op = "tinybig_cuda.bernoulli_mask_apply"
+    p = arguments.keep_probability(op, p)
+    element_offset = arguments.integer(op, "element_offset", element_offset)
     return torch.ops.tinybig_cuda.bernoulli_mask_apply.default(w, p, rng_state, element_offset)
 
 
@@ -44,7 +49,7 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
     """The boolean keep-mask that `bernoulli_mask_apply` uses, materialised for inspection.
 
     Args:
-        shape: the mask's shape.
+        shape: the mask's shape: a sequence of ints, or one int for a 1-D mask.
         p: keep probability in [0, 1].
         rng_state: int64 tensor ``[seed, offset]``; the mask is made on its device.
         element_offset: flat index of the mask's first element in a larger logical matrix.
@@ -52,42 +57,34 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
     Returns:
         A contiguous bool tensor of `shape`, True where elements are kept.
     """
-    return torch.ops.tinybig_cuda.bernoulli_mask.default(list(shape), p, rng_state, element_offset)
+    op = "tinybig_cuda.bernoulli_mask"
+    shape = arguments.shape(op, shape)
+    p = arguments.keep_probability(op, p)
+    element_offset = arguments.integer(op, "element_offset", element_offset)
+    return torch.ops.tinybig_cuda.bernoulli_mask.default(shape, p, rng_state, element_offset)
 
 
-_MASKABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-
-
-def _check_like_the_kernels(op, p, rng_state, device, element_offset):
-    """The C++ argument checks, repeated for the fake kernels: they also run where no real kernel
-    would (a meta rng_state beside a CPU w dispatches here), and must refuse the same inputs."""
-    torch._check_value(0.0 <= p <= 1.0, lambda: f"{op}: expected p, the keep probability, in [0, 1], but got {p!r}")
-    torch._check_type(
-        rng_state.dtype == torch.int64,
-        lambda: f"{op}: expected rng_state to be an int64 tensor [seed, offset], but got dtype {rng_state.dtype}",
-    )
-    torch._check_value(
-        rng_state.shape == (2,), lambda: f"{op}: expected rng_state to have shape [2] ([seed, offset]), but got shape {list(rng_state.shape)}"
-    )
-    torch._check_value(
-        rng_state.device == device,
-        lambda: f"{op}: expected rng_state on {device} (the device of the data it masks), but got it on {rng_state.device}",
-    )
-    torch._check_value(element_offset >= 0, lambda: f"{op}: expected element_offset >= 0, but got {element_offset}")
+_MASKABLE_DTYPES = arguments.MASKABLE_DTYPES
 
 
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply")
 def _(w, p, rng_state, element_offset=0):
+    # The same checks as the kernels (tinybig_cuda/_arguments.py): the fakes also run where no
+    # real kernel would (a meta rng_state beside a CPU w dispatches here).
     op = "tinybig_cuda.bernoulli_mask_apply"
-    torch._check_type(
-        w.dtype in _MASKABLE_DTYPES, lambda: f"{op}: expected w to be float32, float64, float16 or bfloat16, but got dtype {w.dtype}"
-    )
-    _check_like_the_kernels(op, p, rng_state, w.device, element_offset)
+    arguments.fake_check_dtype(op, "w", w)
+    arguments.fake_check_probability(op, p)
+    arguments.fake_check_rng_state(op, rng_state, w.device)
+    arguments.fake_check_element_offset(op, element_offset, w.numel())
     # The real kernels always return a fresh contiguous tensor, so the fake one does too.
     return torch.empty(w.shape, dtype=w.dtype, device=w.device)
 
 
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask")
 def _(shape, p, rng_state, element_offset=0):
-    _check_like_the_kernels("tinybig_cuda.bernoulli_mask", p, rng_state, rng_state.device, element_offset)
+    op = "tinybig_cuda.bernoulli_mask"
+    numel = arguments.fake_check_shape(op, shape)
+    arguments.fake_check_probability(op, p)
+    arguments.fake_check_rng_state(op, rng_state, rng_state.device)
+    arguments.fake_check_element_offset(op, element_offset, numel)
     return torch.empty(shape, dtype=torch.bool, device=rng_state.device)

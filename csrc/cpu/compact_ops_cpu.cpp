@@ -1,11 +1,27 @@
-// CPU kernels of the compact ops: per-chunk counts in parallel, a prefix sum of them, then the
-// scatter (expand) or gather (compress) of every chunk in parallel, each chunk from its own rank.
+// CPU kernels of the compact ops. A mask is cut into chunks of kChunkElements; each chunk's first
+// rank (how many kept elements precede it) lets every chunk be scattered (expand) or gathered
+// (compress) in parallel, each from its own rank, in one pass that generates the mask once.
+//
+// The first ranks are a pure function of (seed, offset, p, element_offset, numel): they are
+// counted once, in a counting pass, and kept in a small cache keyed on those values (never on a
+// tensor's address or version), so every later call on the same mask -- a training loop's
+// forward and backward -- is that single pass.
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <torch/library.h>
 
+#include <atomic>
+#include <list>
+#include <memory>
+#include <mutex>
+#include <utility>
 #include <vector>
 
+#if defined(__linux__)
+#include <pthread.h>
+#endif
+
+#include "../argument_checks.h"
 #include "../compact_op.h"
 #include "compact_ranges.h"
 #include "cpu_op_helpers.h"
@@ -15,51 +31,172 @@ namespace tinybig_cuda {
 namespace {
 
 // Elements per chunk: enough work (tens of microseconds) to amortise handing it to a thread, and
-// few enough chunks that their serial prefix sum costs nothing.
+// few enough chunks that their serial prefix sum and their cached ranks cost nothing (2 KiB for
+// 4096x4096).
 constexpr int64_t kChunkElements = 1 << 16;
+// Ranks of masks of up to 2**36 elements (8 MiB of ranks) are cached, at most 64 masks and 16 MiB.
+constexpr size_t kMaxCachedMasks = 64;
+constexpr size_t kMaxCachedRankBytes = size_t{16} << 20;
+constexpr int64_t kMaxCachedChunks = int64_t{1} << 20;
+// Above this many elements (about 10 ms of counting), a wrong claimed count is refused as soon as
+// the partial count proves it wrong; below, the count is finished so the message can give it.
+constexpr int64_t kStopEarlyElements = int64_t{1} << 24;
+
+int64_t chunk_count(int64_t numel) { return numel / kChunkElements + (numel % kChunkElements != 0); }
+
+int64_t chunk_end(int64_t chunk, int64_t numel) {
+  return chunk < numel / kChunkElements ? (chunk + 1) * kChunkElements : numel;
+}
 
 // first_rank[c] is the rank of chunk c's first kept element; first_rank.back() is the total.
-std::vector<int64_t> chunk_first_ranks(CpuIsa isa, int64_t numel, uint64_t element_offset,
-                                       const MaskKey& key) {
-  const int64_t chunks = (numel + kChunkElements - 1) / kChunkElements;
-  std::vector<int64_t> first_rank(chunks + 1, 0);
+using FirstRanks = std::shared_ptr<const std::vector<int64_t>>;
+
+struct MaskIdentity {
+  MaskKey key;
+  uint64_t element_offset;
+  int64_t numel;
+  bool operator==(const MaskIdentity& other) const {
+    return key.seed == other.key.seed && key.offset == other.key.offset &&
+           key.threshold == other.key.threshold && element_offset == other.element_offset &&
+           numel == other.numel;
+  }
+};
+
+class FirstRanksCache {
+ public:
+  static FirstRanksCache& instance() {
+    static FirstRanksCache* cache = new FirstRanksCache();  // leaked: used while the process exits
+    return *cache;
+  }
+
+  FirstRanks find(const MaskIdentity& mask) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
+      if (it->first == mask) {
+        entries_.splice(entries_.begin(), entries_, it);  // now the most recently used
+        return it->second;
+      }
+    }
+    return nullptr;
+  }
+
+  void insert(const MaskIdentity& mask, FirstRanks ranks) {
+    const size_t bytes = ranks->size() * sizeof(int64_t);
+    std::lock_guard<std::mutex> lock(mutex_);
+    for (const auto& entry : entries_) {
+      if (entry.first == mask) return;  // counted by two threads at once
+    }
+    entries_.emplace_front(mask, std::move(ranks));
+    bytes_ += bytes;
+    while (entries_.size() > kMaxCachedMasks || bytes_ > kMaxCachedRankBytes) {
+      bytes_ -= entries_.back().second->size() * sizeof(int64_t);
+      entries_.pop_back();
+    }
+  }
+
+ private:
+  FirstRanksCache() {
+#if defined(__linux__)
+    // Hold the lock across fork() so that both processes start with it free (DataLoader workers).
+    pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
+                   [] { instance().mutex_.unlock(); });
+#endif
+  }
+
+  std::mutex mutex_;
+  std::list<std::pair<MaskIdentity, FirstRanks>> entries_;  // most recently used first
+  size_t bytes_ = 0;
+};
+
+// The first ranks of every chunk, from the cache or counted in parallel. `claimed` >= 0 is the
+// count the caller's tensor implies: counting a large mask stops as soon as the partial counts
+// prove the total is not `claimed`, and *kept then holds the bounds proven (the ranks are null).
+FirstRanks chunk_first_ranks(CpuIsa isa, int64_t numel, uint64_t element_offset, const MaskKey& key,
+                             int64_t claimed, KeptCount* kept) {
+  const MaskIdentity mask{key, element_offset, numel};
+  if (FirstRanks cached = FirstRanksCache::instance().find(mask)) {
+    *kept = KeptCount::exactly(cached->back());
+    return cached;
+  }
+  const int64_t chunks = chunk_count(numel);
+  auto first_rank = std::make_shared<std::vector<int64_t>>(chunks + 1, 0);
+  const bool may_stop_early = claimed >= 0 && numel > kStopEarlyElements;
+  // A lower bound of the total (the counted chunks' kept elements) and the elements not yet
+  // counted. Each chunk adds its count before it subtracts its length, and `left` is read before
+  // `counted_kept`, so counted_kept + left never falls below the total.
+  std::atomic<int64_t> counted_kept{0}, left{numel};
+  std::atomic<bool> stopped{false};
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin; c < end; ++c) {
-      first_rank[c + 1] = count_kept_range(isa, c * kChunkElements,
-                                           std::min(numel, (c + 1) * kChunkElements), element_offset, key);
+    for (int64_t c = begin; c < end && !stopped.load(std::memory_order_relaxed); ++c) {
+      const int64_t count = count_kept_range(isa, c * kChunkElements, chunk_end(c, numel), element_offset, key);
+      (*first_rank)[c + 1] = count;
+      if (!may_stop_early) continue;
+      counted_kept += count;
+      left -= chunk_end(c, numel) - c * kChunkElements;
+      const int64_t uncounted = left.load();
+      const int64_t at_least = counted_kept.load();
+      if (at_least > claimed || at_least + uncounted < claimed) stopped = true;
     }
   });
-  for (int64_t c = 0; c < chunks; ++c) first_rank[c + 1] += first_rank[c];
+  if (stopped) {
+    const int64_t uncounted = left.load();
+    const int64_t at_least = counted_kept.load();
+    *kept = KeptCount{at_least, at_least + uncounted};
+    return nullptr;
+  }
+  for (int64_t c = 0; c < chunks; ++c) (*first_rank)[c + 1] += (*first_rank)[c];
+  *kept = KeptCount::exactly(first_rank->back());
+  if (chunks <= kMaxCachedChunks) FirstRanksCache::instance().insert(mask, first_rank);
   return first_rank;
+}
+
+// The count alone, for masks too large to cache ranks for: no memory per chunk.
+int64_t count_kept_uncached(CpuIsa isa, int64_t numel, uint64_t element_offset, const MaskKey& key) {
+  return at::parallel_reduce(
+      0, chunk_count(numel), 1, int64_t{0},
+      [&](int64_t begin, int64_t end, int64_t sum) {
+        for (int64_t c = begin; c < end; ++c) {
+          sum += count_kept_range(isa, c * kChunkElements, chunk_end(c, numel), element_offset, key);
+        }
+        return sum;
+      },
+      [](int64_t a, int64_t b) { return a + b; });
 }
 
 at::Tensor count_cpu(int64_t numel, double p, const at::Tensor& rng_state, int64_t element_offset) {
   check_count_arguments(numel, p, rng_state, element_offset);
   const MaskKey key = cpu_mask_key(rng_state, p);
-  const int64_t kept = chunk_first_ranks(active_cpu_isa(), numel, element_offset, key).back();
+  const CpuIsa isa = active_cpu_isa();
+  KeptCount kept{0, 0};
+  if (chunk_count(numel) <= kMaxCachedChunks) {
+    chunk_first_ranks(isa, numel, element_offset, key, /*claimed=*/-1, &kept);
+  } else {
+    kept = KeptCount::exactly(count_kept_uncached(isa, numel, element_offset, key));
+  }
   at::Tensor count = at::empty({}, rng_state.options());
-  *count.mutable_data_ptr<int64_t>() = kept;
+  *count.mutable_data_ptr<int64_t>() = kept.at_least;
   return count;
 }
 
 at::Tensor expand_cpu(const at::Tensor& values, double p, const at::Tensor& rng_state,
                       at::IntArrayRef shape, int64_t element_offset) {
   const int64_t numel = check_expand_arguments(values, p, rng_state, shape, element_offset);
+  // Allocated before counting: a size no memory can hold fails here, at once.
+  at::Tensor full = empty_output(shape, values.options());
   const MaskKey key = cpu_mask_key(rng_state, p);
   const CpuIsa isa = active_cpu_isa();
-  const std::vector<int64_t> first_rank = chunk_first_ranks(isa, numel, element_offset, key);
-  check_values_match_mask(values, first_rank.back(), shape);
+  KeptCount kept{0, 0};
+  const FirstRanks first_rank = chunk_first_ranks(isa, numel, element_offset, key, values.numel(), &kept);
+  check_values_match_mask(values, kept, shape);
 
-  at::Tensor full = empty_output(shape, values.options());
   const at::Tensor compact = values.contiguous();
   const void* in = compact.const_data_ptr();
   void* out = full.mutable_data_ptr();
   const int element_size = static_cast<int>(values.element_size());
-  const int64_t chunks = static_cast<int64_t>(first_rank.size()) - 1;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, chunk_count(numel), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
       expand_range(isa, in, compact.numel(), out, element_size, c * kChunkElements,
-                   std::min(numel, (c + 1) * kChunkElements), first_rank[c], element_offset, key);
+                   chunk_end(c, numel), (*first_rank)[c], element_offset, key);
     }
   });
   return full;
@@ -71,19 +208,19 @@ at::Tensor compress_cpu(const at::Tensor& full, double p, const at::Tensor& rng_
   const MaskKey key = cpu_mask_key(rng_state, p);
   const CpuIsa isa = active_cpu_isa();
   const int64_t numel = full.numel();
-  const std::vector<int64_t> first_rank = chunk_first_ranks(isa, numel, element_offset, key);
-  check_kept_count_matches_mask(kept_count, first_rank.back(), full);
+  KeptCount kept{0, 0};
+  const FirstRanks first_rank = chunk_first_ranks(isa, numel, element_offset, key, kept_count, &kept);
+  check_kept_count_matches_mask(kept_count, kept, full);
 
   at::Tensor values = empty_output({kept_count}, full.options());
   const at::Tensor source = full.contiguous();  // element k of the flat source is logical element k
   const void* in = source.const_data_ptr();
   void* out = values.mutable_data_ptr();
   const int element_size = static_cast<int>(full.element_size());
-  const int64_t chunks = static_cast<int64_t>(first_rank.size()) - 1;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, chunk_count(numel), 1, [&](int64_t begin, int64_t end) {
     for (int64_t c = begin; c < end; ++c) {
-      compress_range(isa, in, out, kept_count, element_size, c * kChunkElements,
-                     std::min(numel, (c + 1) * kChunkElements), first_rank[c], element_offset, key);
+      compress_range(isa, in, out, (*first_rank)[c + 1], element_size, c * kChunkElements,
+                     chunk_end(c, numel), (*first_rank)[c], element_offset, key);
     }
   });
   return values;

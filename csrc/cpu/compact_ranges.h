@@ -25,8 +25,9 @@ void expand_range(CpuIsa isa, const void* values, int64_t values_count, void* ou
                   int element_size, int64_t begin, int64_t end, int64_t first_rank,
                   uint64_t element_offset, const MaskKey& key);
 
-// For k in [begin, end) kept: values[rank] = full[k], rank counting up from first_rank. Never
-// writes values[values_count] or beyond.
+// For k in [begin, end) kept: values[rank] = full[k], rank counting up from first_rank. Writes
+// only ranks in [first_rank, values_count), and may write any of them: ranges written in parallel
+// must each pass the rank after their own last kept element as values_count.
 void compress_range(CpuIsa isa, const void* full, void* values, int64_t values_count,
                     int element_size, int64_t begin, int64_t end, int64_t first_rank,
                     uint64_t element_offset, const MaskKey& key);

@@ -5,6 +5,8 @@
 
 #if defined(__x86_64__)
 #include <immintrin.h>
+
+#include "philox_avx2.h"
 #endif
 
 namespace tinybig_cuda {
@@ -40,15 +42,10 @@ void masked_copy_vectorized(const Bits* input, Bits* output, int64_t begin, int6
 }
 
 #if defined(__x86_64__)
-// Both x86 paths keep each Philox block in counter order inside one 128-bit lane (c0 c1 c2 c3),
-// so the 64-bit lanes hold (block index, offset), one unsigned 32x32->64 multiply per 64-bit lane
-// forms both products of a round, one shuffle puts them in place, and the words come out in
-// element order. Four independent vectors are in flight to hide the multiply's latency.
+// The AVX-512 path arranges Philox as the AVX2 one does (philox_avx2.h), 16 elements to a vector.
 constexpr int kVectorsInFlight = 4;
-constexpr int kPhiloxShuffle = 0x1B;  // 32-bit lanes (3, 2, 1, 0) of each 128-bit lane
 
 #define TINYBIG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-#define TINYBIG_AVX2 __attribute__((target("avx2")))
 
 constexpr int64_t kAvx512StepElements = kVectorsInFlight * 16;
 
@@ -105,8 +102,6 @@ TINYBIG_AVX512 void masked_copy_steps_avx512(const Bits* input, Bits* output, ui
   }
 }
 
-constexpr int64_t kAvx2StepElements = kVectorsInFlight * 8;
-
 // AVX2 masks are vectors of all-ones or zero 32-bit lanes; narrow or widen them to the element.
 template <typename Bits>
 TINYBIG_AVX2 inline void store_kept_avx2(const Bits* input, Bits* output, __m256i keep) {
@@ -134,45 +129,19 @@ TINYBIG_AVX2 inline void store_kept_avx2(const Bits* input, Bits* output, __m256
 }
 
 template <typename Bits>
+struct StoreKeptAvx2 {
+  const Bits* input;
+  Bits* output;
+  TINYBIG_AVX2 inline void operator()(int64_t element, __m256i keep) const {
+    store_kept_avx2(input + element, output + element, keep);
+  }
+};
+
+template <typename Bits>
 TINYBIG_AVX2 void masked_copy_steps_avx2(const Bits* input, Bits* output, uint64_t first_block,
                                          int64_t steps, const MaskKey& key) {
-  const long long offset = static_cast<long long>(key.offset);
-  const __m256i multipliers = _mm256_set_epi64x(kPhiloxM1, kPhiloxM0, kPhiloxM1, kPhiloxM0);
-  __m256i round_keys[kPhiloxRounds];
-  uint32_t k0 = low_word(key.seed), k1 = high_word(key.seed);
-  for (int round = 0; round < kPhiloxRounds; ++round, k0 += kPhiloxW0, k1 += kPhiloxW1) {
-    round_keys[round] = _mm256_set_epi64x(k1, k0, k1, k0);
-  }
-  // AVX2 compares only signed lanes: flipping the sign bit of both sides orders them unsigned.
-  const __m256i sign = _mm256_set1_epi32(static_cast<int>(0x80000000u));
-  const uint32_t threshold32 = key.threshold > 0xffffffffu ? 0xffffffffu : static_cast<uint32_t>(key.threshold);
-  const __m256i threshold = _mm256_xor_si256(_mm256_set1_epi32(static_cast<int>(threshold32)), sign);
-  const __m256i keep_all = _mm256_set1_epi32(key.threshold > 0xffffffffu ? -1 : 0);  // p = 1
-  const __m256i two_blocks = _mm256_set_epi64x(0, 2, 0, 2);
-  const long long b = static_cast<long long>(first_block);
-  __m256i counter = _mm256_set_epi64x(offset, b + 1, offset, b);
-
-  for (int64_t step = 0; step < steps; ++step) {
-    __m256i state[kVectorsInFlight];
-    for (int v = 0; v < kVectorsInFlight; ++v) {
-      state[v] = counter;
-      counter = _mm256_add_epi64(counter, two_blocks);
-    }
-    for (int round = 0; round < kPhiloxRounds; ++round) {
-      for (int v = 0; v < kVectorsInFlight; ++v) {
-        const __m256i products = _mm256_mul_epu32(state[v], multipliers);
-        state[v] = _mm256_xor_si256(
-            _mm256_xor_si256(_mm256_shuffle_epi32(products, kPhiloxShuffle), _mm256_srli_epi64(state[v], 32)),
-            round_keys[round]);
-      }
-    }
-    const int64_t first = step * kAvx2StepElements;
-    for (int v = 0; v < kVectorsInFlight; ++v) {
-      const __m256i keep =
-          _mm256_or_si256(_mm256_cmpgt_epi32(threshold, _mm256_xor_si256(state[v], sign)), keep_all);
-      store_kept_avx2(input + first + 8 * v, output + first + 8 * v, keep);
-    }
-  }
+  StoreKeptAvx2<Bits> store{input, output};
+  philox_keep_steps_avx2(first_block, steps, key, store);
 }
 #endif  // __x86_64__
 

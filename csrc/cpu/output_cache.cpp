@@ -7,6 +7,7 @@
 
 #include <iterator>
 #include <mutex>
+#include <unordered_map>
 #include <vector>
 
 #if defined(__linux__)
@@ -34,21 +35,46 @@ void advise_huge_pages(void* data, size_t bytes) {
 #endif
 }
 
-// A block of c10::alloc_cpu (torch's CPU memory, unprofiled: this cache reports to the profiler
-// itself), sized in whole huge pages. It is the context of the DataPtr handed out for it, so that
-// freeing the tensor passes the block back to the cache.
+// A block of memory the cache can really hand back to the OS: on Linux its own mapping, aligned to
+// a huge page. (Not glibc's heap: once a freed block has raised glibc's mmap threshold, it serves
+// blocks of up to 32 MiB from its heap and keeps them when they are freed.) Elsewhere,
+// c10::alloc_cpu. Either way the memory is unprofiled: this cache reports to the profiler itself.
 struct Block {
   void* data;
-  size_t bytes;
+  size_t bytes;  // whole huge pages
 };
 
-void free_block(Block* block) {
-  c10::free_cpu(block->data);
-  delete block;
+Block allocate_block(size_t bytes) {
+#if defined(__linux__)
+  // Mapped one huge page larger, so that an aligned block fits; the rest is unmapped at once.
+  void* mapping = mmap(nullptr, bytes + kHugePage, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  TORCH_CHECK_WITH(OutOfMemoryError, mapping != MAP_FAILED,
+                   "tinybig_cuda CPU output cache: not enough memory: you tried to allocate ", bytes, " bytes.");
+  const uintptr_t begin = reinterpret_cast<uintptr_t>(mapping);
+  const uintptr_t aligned = (begin + kHugePage - 1) & ~(kHugePage - 1);
+  const size_t lead = aligned - begin;  // page-aligned, less than a huge page
+  if (lead > 0) munmap(mapping, lead);
+  munmap(reinterpret_cast<void*>(aligned + bytes), kHugePage - lead);
+  Block block{reinterpret_cast<void*>(aligned), bytes};
+#else
+  Block block{c10::alloc_cpu(bytes), bytes};
+#endif
+  advise_huge_pages(block.data, block.bytes);
+  return block;
+}
+
+void free_block(const Block& block) {
+#if defined(__linux__)
+  munmap(block.data, block.bytes);
+#else
+  c10::free_cpu(block.data);
+#endif
 }
 
 // Free blocks, matched to requests by exact (rounded) size: a model asks for the same few sizes
 // on every step. Blocks are kept oldest first, and the oldest are freed when the limit is reached.
+// A handed-out DataPtr's context is its data address, as for torch's own CPU tensors
+// (copy-on-write clones need that); the cache finds the block's size from the address.
 class OutputCache final : public c10::Allocator {
  public:
   OutputCache() {
@@ -71,17 +97,15 @@ class OutputCache final : public c10::Allocator {
       return c10::GetCPUAllocator()->allocate(bytes);
     }
     const size_t rounded = (bytes + kHugePage - 1) & ~(kHugePage - 1);
-    Block* block = take(rounded);
-    if (block == nullptr) {
-      block = new Block{c10::alloc_cpu(rounded), rounded};
-      advise_huge_pages(block->data, rounded);
-    }
+    Block block{nullptr, rounded};
+    if (!take(&block)) block = allocate_block(rounded);
     {
       std::lock_guard<std::mutex> lock(mutex_);
+      in_use_.emplace(block.data, block.bytes);
       in_use_bytes_ += static_cast<int64_t>(rounded);
-      report_to_profiler(*block, static_cast<int64_t>(rounded));
+      report_to_profiler(block, static_cast<int64_t>(rounded));
     }
-    return {block->data, block, &give_back, c10::Device(c10::kCPU)};
+    return {block.data, block.data, &give_back, c10::Device(c10::kCPU)};
   }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
@@ -100,33 +124,37 @@ class OutputCache final : public c10::Allocator {
 
   // Frees the least recently cached blocks until at most `bytes` remain cached.
   void trim_to(int64_t bytes) {
-    std::vector<Block*> evicted;
+    std::vector<Block> evicted;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       evicted = evict_until(bytes);
     }
-    for (Block* block : evicted) free_block(block);  // unmapping outside the lock
+    for (const Block& block : evicted) free_block(block);  // unmapping outside the lock
   }
 
  private:
-  static void give_back(void* context) {
+  static void give_back(void* data) {
     OutputCache& cache = instance();
-    Block* block = static_cast<Block*>(context);
-    const int64_t bytes = static_cast<int64_t>(block->bytes);
-    std::vector<Block*> evicted;
+    std::vector<Block> evicted;
+    bool cached = false;
+    Block block{data, 0};
     {
       std::lock_guard<std::mutex> lock(cache.mutex_);
+      const auto it = cache.in_use_.find(data);
+      block.bytes = it->second;
+      cache.in_use_.erase(it);
+      const int64_t bytes = static_cast<int64_t>(block.bytes);
       cache.in_use_bytes_ -= bytes;
-      cache.report_to_profiler(*block, -bytes);
-      if (bytes <= cache.limit_) {
+      cache.report_to_profiler(block, -bytes);
+      cached = bytes <= cache.limit_;
+      if (cached) {
         evicted = cache.evict_until(cache.limit_ - bytes);
         cache.free_blocks_.push_back(block);
         cache.cached_bytes_ += bytes;
-        block = nullptr;
       }
     }
-    for (Block* old : evicted) free_block(old);
-    if (block != nullptr) free_block(block);  // larger than the limit
+    for (const Block& old : evicted) free_block(old);
+    if (!cached) free_block(block);  // larger than the limit
   }
 
   // What the profiler's memory view shows, as for PyTorch's CUDA caching allocator: a block is
@@ -139,36 +167,38 @@ class OutputCache final : public c10::Allocator {
     }
   }
 
-  Block* take(size_t bytes) {
+  // Takes a cached block of block->bytes into *block, or returns false.
+  bool take(Block* block) {
     std::lock_guard<std::mutex> lock(mutex_);
     // Newest first: its pages are the likeliest to still be in cache and TLB.
     for (auto it = free_blocks_.rbegin(); it != free_blocks_.rend(); ++it) {
-      if ((*it)->bytes == bytes) {
-        Block* block = *it;
+      if (it->bytes == block->bytes) {
+        *block = *it;
         free_blocks_.erase(std::next(it).base());
-        cached_bytes_ -= static_cast<int64_t>(bytes);
+        cached_bytes_ -= static_cast<int64_t>(block->bytes);
         ++hits_;
-        return block;
+        return true;
       }
     }
     ++misses_;
-    return nullptr;
+    return false;
   }
 
   // Removes the oldest blocks until at most `budget` bytes stay cached; the caller frees them.
-  std::vector<Block*> evict_until(int64_t budget) {
+  std::vector<Block> evict_until(int64_t budget) {
     size_t oldest = 0;
     while (oldest < free_blocks_.size() && cached_bytes_ > budget) {
-      cached_bytes_ -= static_cast<int64_t>(free_blocks_[oldest]->bytes);
+      cached_bytes_ -= static_cast<int64_t>(free_blocks_[oldest].bytes);
       ++oldest;
     }
-    std::vector<Block*> evicted(free_blocks_.begin(), free_blocks_.begin() + oldest);
+    std::vector<Block> evicted(free_blocks_.begin(), free_blocks_.begin() + oldest);
     free_blocks_.erase(free_blocks_.begin(), free_blocks_.begin() + oldest);
     return evicted;
   }
 
   std::mutex mutex_;
-  std::vector<Block*> free_blocks_;  // oldest first
+  std::vector<Block> free_blocks_;  // oldest first
+  std::unordered_map<void*, size_t> in_use_;  // data -> bytes of the blocks tensors use
   int64_t limit_ = kDefaultOutputCacheLimitBytes;
   int64_t cached_bytes_ = 0;
   int64_t in_use_bytes_ = 0;  // in blocks that tensors use

@@ -55,13 +55,13 @@ at::Tensor expand_cuda(const at::Tensor& values, double p, const at::Tensor& rng
   const int64_t numel = check_expand_arguments(values, p, rng_state, shape, element_offset);
   const c10::cuda::CUDAGuard guard(values.device());
   if (numel == 0) {
-    check_values_match_mask(values, 0, shape);
+    check_values_match_mask(values, KeptCount::exactly(0), shape);
     return at::empty(shape, values.options());
   }
   const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor scratch = count_into_scratch(numel, p, rng_state, element_offset, stream);
   int64_t kept = 0;
-  if (read_total(scratch, stream, &kept)) check_values_match_mask(values, kept, shape);
+  if (read_total(scratch, stream, &kept)) check_values_match_mask(values, KeptCount::exactly(kept), shape);
 
   at::Tensor full = at::empty(shape, values.options());
   const at::Tensor compact = values.contiguous();
@@ -78,13 +78,13 @@ at::Tensor compress_cuda(const at::Tensor& full, double p, const at::Tensor& rng
   const c10::cuda::CUDAGuard guard(full.device());
   const int64_t numel = full.numel();
   if (numel == 0) {
-    check_kept_count_matches_mask(kept_count, 0, full);
+    check_kept_count_matches_mask(kept_count, KeptCount::exactly(0), full);
     return at::empty({0}, full.options());
   }
   const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream();
   at::Tensor scratch = count_into_scratch(numel, p, rng_state, element_offset, stream);
   int64_t kept = 0;
-  if (read_total(scratch, stream, &kept)) check_kept_count_matches_mask(kept_count, kept, full);
+  if (read_total(scratch, stream, &kept)) check_kept_count_matches_mask(kept_count, KeptCount::exactly(kept), full);
 
   at::Tensor values = at::empty({kept_count}, full.options());
   const at::Tensor source = full.contiguous();

@@ -37,21 +37,25 @@ void check_isa(CpuIsa isa, const MaskKey& key, int64_t numel, uint64_t element_o
 
   constexpr Bits kSentinel = Bits(0xab);
   std::vector<Bits> values(kept + 1, kSentinel), expanded(numel + 1, kSentinel);
-  int64_t rank = 0;
+  std::vector<int64_t> first_rank = {0};
   for (size_t c = 0; c + 1 < cuts.size(); ++c) {
-    const int64_t chunk_kept = count_kept_range(isa, cuts[c], cuts[c + 1], element_offset, key);
-    compress_range(isa, full.data(), values.data(), kept, sizeof(Bits), cuts[c], cuts[c + 1], rank,
-                   element_offset, key);
+    first_rank.push_back(first_rank.back() + count_kept_range(isa, cuts[c], cuts[c + 1], element_offset, key));
+  }
+  const int64_t rank = first_rank.back();
+  // Compressed last chunk first, each bounded by its own last rank: a chunk that wrote past its
+  // ranks would spoil the next chunk's, already written.
+  for (size_t c = cuts.size() - 1; c-- > 0;) {
+    compress_range(isa, full.data(), values.data(), first_rank[c + 1], sizeof(Bits), cuts[c], cuts[c + 1],
+                   first_rank[c], element_offset, key);
     expand_range(isa, expected_values.data(), kept, expanded.data(), sizeof(Bits), cuts[c], cuts[c + 1],
-                 rank, element_offset, key);
-    rank += chunk_kept;
+                 first_rank[c], element_offset, key);
   }
   CHECK(rank == kept, "%s chunk counts sum to %lld, not %lld", cpu_isa_name(isa),
         static_cast<long long>(rank), static_cast<long long>(kept));
-  CHECK(std::memcmp(values.data(), expected_values.data(), kept * sizeof(Bits)) == 0 && values[kept] == kSentinel,
+  CHECK(test::same_bytes(values.data(), expected_values.data(), kept * sizeof(Bits)) && values[kept] == kSentinel,
         "%s compress: %zu-byte, numel %lld, offset %llu", cpu_isa_name(isa), sizeof(Bits),
         static_cast<long long>(numel), static_cast<unsigned long long>(element_offset));
-  CHECK(std::memcmp(expanded.data(), expected_full.data(), numel * sizeof(Bits)) == 0 && expanded[numel] == kSentinel,
+  CHECK(test::same_bytes(expanded.data(), expected_full.data(), numel * sizeof(Bits)) && expanded[numel] == kSentinel,
         "%s expand: %zu-byte, numel %lld, offset %llu", cpu_isa_name(isa), sizeof(Bits),
         static_cast<long long>(numel), static_cast<unsigned long long>(element_offset));
 
@@ -71,7 +75,7 @@ void check_isa(CpuIsa isa, const MaskKey& key, int64_t numel, uint64_t element_o
   std::vector<Bits> short_out(short_count + 1, kSentinel);
   compress_range(isa, full.data(), short_out.data(), short_count, sizeof(Bits), 0, numel, 0, element_offset, key);
   CHECK(short_out[short_count] == kSentinel &&
-            std::memcmp(short_out.data(), expected_values.data(), short_count * sizeof(Bits)) == 0,
+            test::same_bytes(short_out.data(), expected_values.data(), short_count * sizeof(Bits)),
         "%s compress into too few values: numel %lld", cpu_isa_name(isa), static_cast<long long>(numel));
 }
 

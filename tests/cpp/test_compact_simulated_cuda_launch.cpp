@@ -114,7 +114,7 @@ void check_shard(Coverage& coverage, int64_t numel, uint64_t element_offset, con
       CompactArgs<Bits> expand{values.data(), nullptr, kept, nullptr, view,
                                scratch.keep_bits.data(), scratch.chunk_counts.data(), vectorized};
       for (uint64_t t = 0; t < threads; ++t) expand_thread(layout, expand, t, threads);
-      CHECK(std::memcmp(view, expected_full.data(), numel * sizeof(Bits)) == 0,
+      CHECK(test::same_bytes(view, expected_full.data(), numel * sizeof(Bits)),
             "expand: %zu-byte, numel %lld, offset %llu, shift %d, threads %llu", sizeof(Bits),
             static_cast<long long>(numel), static_cast<unsigned long long>(element_offset), shift,
             static_cast<unsigned long long>(threads));
@@ -127,7 +127,7 @@ void check_shard(Coverage& coverage, int64_t numel, uint64_t element_offset, con
       CompactArgs<Bits> compress{nullptr, out.data() + kGuard, kept, view, nullptr,
                                  scratch.keep_bits.data(), scratch.chunk_counts.data(), vectorized};
       for (uint64_t t = 0; t < threads; ++t) compress_thread(layout, compress, t, threads);
-      CHECK(std::memcmp(out.data() + kGuard, expected_values.data(), kept * sizeof(Bits)) == 0,
+      CHECK(test::same_bytes(out.data() + kGuard, expected_values.data(), kept * sizeof(Bits)),
             "compress: %zu-byte, numel %lld, offset %llu, shift %d, threads %llu", sizeof(Bits),
             static_cast<long long>(numel), static_cast<unsigned long long>(element_offset), shift,
             static_cast<unsigned long long>(threads));
@@ -164,7 +164,7 @@ void check_shard(Coverage& coverage, int64_t numel, uint64_t element_offset, con
         for (uint64_t t = 0; t < threads; ++t) compress_thread(layout, short_compress, t, threads);
         bool tail_untouched = true;
         for (int g = 0; g < kGuard; ++g) tail_untouched = tail_untouched && short_out[short_count + g] == kSentinel;
-        CHECK(tail_untouched && std::memcmp(short_out.data(), expected_values.data(), short_count * sizeof(Bits)) == 0,
+        CHECK(tail_untouched && test::same_bytes(short_out.data(), expected_values.data(), short_count * sizeof(Bits)),
               "compress into too few values: numel %lld", static_cast<long long>(numel));
       }
     }

@@ -54,7 +54,7 @@ void check_launches(Coverage& coverage) {
               for (uint64_t thread = 0; thread < threads; ++thread) {
                 masked_copy_thread(args, key, thread, threads);
               }
-              const bool same = std::memcmp(output, expected.data(), numel * sizeof(Bits)) == 0;
+              const bool same = test::same_bytes(output, expected.data(), numel * sizeof(Bits));
               CHECK(same, "%zu-byte elements: numel %lld, shift %d, offset %llu, grid %d x %d",
                     sizeof(Bits), static_cast<long long>(numel), shift,
                     static_cast<unsigned long long>(element_offset), grid, block);

@@ -1,0 +1,114 @@
+"""The argument rules of every tinybig_cuda op, stated once on the Python side.
+
+Two halves:
+- What the typed entry points (and the modules) accept as Python values, before the dispatcher
+  sees them: it would turn ``True`` into 1 or 1.0, and report an int past int64 as "Expected a
+  value of type 'int' ... but instead found type 'int'". Wrong types raise TypeError, wrong values
+  ValueError, each naming the argument.
+- The checks of the fake kernels, which must refuse exactly what the compiled kernels refuse:
+  each mirrors, in the same order, one check of csrc/argument_checks.cpp or csrc/compact_op.cpp,
+  with the same limits (tests/test_errors.py runs every rule through both).
+"""
+
+import numbers
+import operator
+
+import torch
+
+INT64_MAX = 2**63 - 1
+# The most elements a compact op's matrix may have (2**62 - 1: a float16 tensor's most): the
+# kernels' kMaxCompactElements (csrc/argument_checks.h), which tests/test_errors.py compares.
+MAX_COMPACT_ELEMENTS = 2**62 - 1
+MASKABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+
+# ---------------------------------------------------------------- Python values
+
+
+def keep_probability(op, p):
+    """p as a float in [0, 1]; a bool or non-number is a TypeError, anything else outside [0, 1]
+    (NaN included) a ValueError."""
+    if type(p) is not float:
+        if isinstance(p, torch.SymFloat):  # traced by torch.compile: the kernels check it
+            return p
+        if isinstance(p, bool) or not isinstance(p, numbers.Real):
+            raise TypeError(f"{op}: expected p, the keep probability, to be a float in [0, 1], but got {p!r} of type {type(p).__name__}")
+        p = float(p)
+    if not 0.0 <= p <= 1.0:
+        raise ValueError(f"{op}: expected p, the keep probability, in [0, 1], but got {p!r}")
+    return p
+
+
+def integer(op, argument, value):
+    """value as an int64: Python ints, NumPy integers and 0-d integer tensors; a bool or any other
+    type is a TypeError, an int past int64 a ValueError. Signs and sizes are the kernels' to check."""
+    if type(value) is not int:
+        if isinstance(value, torch.SymInt):  # traced by torch.compile
+            return value
+        try:
+            if isinstance(value, bool):
+                raise TypeError
+            value = operator.index(value)
+        except TypeError:
+            raise TypeError(f"{op}: expected {argument} to be an int, but got {value!r} of type {type(value).__name__}") from None
+    if not -(2**63) <= value <= INT64_MAX:
+        raise ValueError(f"{op}: expected {argument} to be an int64 (in [-2**63, 2**63 - 1]), but got {value}")
+    return value
+
+
+def shape(op, value):
+    """value as a list of int64 sizes: a sequence of ints (torch.Size, tuple, list), or one int for
+    a 1-D shape, as torch.empty takes them."""
+    if isinstance(value, (numbers.Integral, torch.SymInt)) or (isinstance(value, torch.Tensor) and value.dim() == 0):
+        return [integer(op, "shape", value)]
+    if isinstance(value, (torch.Tensor, str, bytes)) or not hasattr(value, "__iter__"):
+        raise TypeError(f"{op}: expected shape to be a sequence of ints, but got {type(value).__name__}")
+    return [integer(op, "shape", size) for size in value]
+
+
+# ---------------------------------------------------------------- the fake kernels' checks
+
+
+def fake_check_dtype(op, argument, tensor):
+    torch._check_type(
+        tensor.dtype in MASKABLE_DTYPES,
+        lambda: f"{op}: expected {argument} to be float32, float64, float16 or bfloat16, but got dtype {tensor.dtype}",
+    )
+
+
+def fake_check_probability(op, p):
+    torch._check_value(0.0 <= p <= 1.0, lambda: f"{op}: expected p, the keep probability, in [0, 1], but got {p!r}")
+
+
+def fake_check_rng_state(op, rng_state, device):
+    torch._check_type(
+        rng_state.dtype == torch.int64,
+        lambda: f"{op}: expected rng_state to be an int64 tensor [seed, offset], but got dtype {rng_state.dtype}",
+    )
+    torch._check_value(
+        rng_state.dim() == 1 and rng_state.shape[0] == 2,
+        lambda: f"{op}: expected rng_state to have shape [2] ([seed, offset]), but got shape {list(rng_state.shape)}",
+    )
+    torch._check_value(
+        rng_state.device == device,
+        lambda: f"{op}: expected rng_state on {device} (the device of the data it masks), but got it on {rng_state.device}",
+    )
+
+
+def fake_check_element_offset(op, element_offset, numel):
+    torch._check_value(element_offset >= 0, lambda: f"{op}: expected element_offset >= 0, but got {element_offset}")
+    torch._check_value(
+        element_offset <= INT64_MAX - numel,
+        lambda: f"{op}: expected element_offset + numel <= 2**63 - 1, but got element_offset {element_offset} with {numel} elements",
+    )
+
+
+def fake_check_shape(op, sizes, max_elements=INT64_MAX):
+    """The number of elements of `sizes`: each >= 0, at most max_elements in all."""
+    for size in sizes:
+        torch._check_value(size >= 0, lambda: f"{op}: expected a shape of non-negative sizes, but got {list(sizes)}")
+    numel = 1
+    for size in sizes:
+        numel = numel * size
+    limit = "2**63 - 1" if max_elements == INT64_MAX else "2**62 - 1"
+    torch._check_value(numel <= max_elements, lambda: f"{op}: expected a shape of at most {limit} elements, but got {list(sizes)}")
+    return numel
