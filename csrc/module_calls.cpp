@@ -30,24 +30,23 @@ at::Tensor draw_rng_state(const c10::Device& device) {
   return at::randint(lowest, highest, {2}, at::TensorOptions().dtype(at::kLong).device(device));
 }
 
-at::Tensor masked_fabrication(const at::Tensor& w, int64_t n, int64_t D, double p,
-                              const at::Tensor& rng_state) {
-  // The op's output is contiguous, so it is viewed as (n, D) rather than w reshaped (which would
-  // copy a w that cannot be viewed).
+std::tuple<at::Tensor, at::Tensor> masked_fabrication(const at::Tensor& w, int64_t n, int64_t D,
+                                                      double p,
+                                                      const std::optional<at::Tensor>& rng_state) {
+  at::Tensor state = !rng_state ? draw_rng_state(w.device())
+                     : rng_state->device() == w.device() ? *rng_state
+                                                          : rng_state->to(w.device());
+  at::Tensor matrix;
   if (at::functorch::functorchTLSAccessor()) {
     // A torch.func transform may be active: take every dispatch key the op has (vmap's included).
-    return call_mask_apply(w, p, rng_state, 0).view({n, D});
+    matrix = call_mask_apply(w, p, state, 0).view({n, D});
+  } else {
+    // The op's own autograd, entered directly, with the (n, D) view folded into its node. Viewing
+    // the contiguous output, rather than reshaping w, never copies a w that cannot be viewed.
+    const std::array<c10::SymInt, 2> matrix_sizes{n, D};
+    matrix = mask_apply_with_history(w, p, state, 0, c10::SymIntArrayRef(matrix_sizes));
   }
-  // The op's own autograd, entered directly, with the view folded into its node.
-  const std::array<c10::SymInt, 2> matrix_sizes{n, D};
-  return mask_apply_with_history(w, p, rng_state, 0, c10::SymIntArrayRef(matrix_sizes));
-}
-
-std::tuple<at::Tensor, at::Tensor> masked_fabrication_fresh(const at::Tensor& w, int64_t n,
-                                                            int64_t D, double p) {
-  at::Tensor rng_state = draw_rng_state(w.device());
-  at::Tensor matrix = masked_fabrication(w, n, D, p, rng_state);
-  return {std::move(matrix), std::move(rng_state)};
+  return {std::move(matrix), std::move(state)};
 }
 
 }  // namespace tinybig_cuda

@@ -8,6 +8,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
 #include <tuple>
 
 namespace tinybig_cuda {
@@ -17,13 +18,12 @@ namespace tinybig_cuda {
 // a randint made on the device, so a CUDA state costs no host sync.
 at::Tensor draw_rng_state(const c10::Device& device);
 
-// bernoulli_mask_apply(w, p, rng_state) as an (n, D) matrix; w has n*D elements (checked by the
-// caller) and any shape.
-at::Tensor masked_fabrication(const at::Tensor& w, int64_t n, int64_t D, double p,
-                              const at::Tensor& rng_state);
-
-// The same with a fresh state, which it returns beside the matrix.
-std::tuple<at::Tensor, at::Tensor> masked_fabrication_fresh(const at::Tensor& w, int64_t n,
-                                                            int64_t D, double p);
+// masking_reconciliation's call: bernoulli_mask_apply(w, p, rng_state) as an (n, D) matrix, w of
+// n*D elements (checked by the caller) and any shape. Returns the matrix and the state it used:
+// a fresh one (drawn on w's device) when rng_state is absent, else rng_state, moved to w's device
+// if it was elsewhere (the module keeps what comes back).
+std::tuple<at::Tensor, at::Tensor> masked_fabrication(const at::Tensor& w, int64_t n, int64_t D,
+                                                      double p,
+                                                      const std::optional<at::Tensor>& rng_state);
 
 }  // namespace tinybig_cuda

@@ -115,11 +115,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   module.def("draw_rng_state", &tc::draw_rng_state,
              "A fresh int64 [seed, offset] on the device, from torch's default generator for it.");
   module.def("masked_fabrication", &tc::masked_fabrication,
-             "masking_reconciliation's call with a fixed state: bernoulli_mask_apply(w, p, "
-             "rng_state) as an (n, D) matrix, one trip into C++.");
-  module.def("masked_fabrication_fresh", &tc::masked_fabrication_fresh,
-             "masking_reconciliation's call with a fresh state from torch's default generator "
-             "for w's device: (matrix, state).");
+             "masking_reconciliation's eager call in one trip into C++: (the (n, D) matrix, the state "
+             "it used: rng_state on w's device, or a fresh one when rng_state is None).");
   module.attr("MAX_COMPACT_ELEMENTS") = tc::kMaxCompactElements;
   module.def("has_cuda_kernels", [] {
 #ifdef TINYBIG_WITH_CUDA

@@ -223,18 +223,18 @@ class masking_reconciliation(fabrication):
             A new contiguous (n, D) tensor of w's dtype, on w's device.
         """
         if (
-            not torch.compiler.is_compiling()
-            and type(n) is int and type(D) is int and n >= 0 and D >= 0
-            and type(w) in _PLAIN_TENSOR_TYPES and w.numel() == n * D and not self.compact
+            type(n) is int and type(D) is int and n >= 0 and D >= 0 and type(w) in _PLAIN_TENSOR_TYPES
+            and not _is_compiling() and not _torch_function_mode_enabled()
+            and w.numel() == n * D and not self.compact
             and (device is None or _is_on(w.device, _requested_device(device)))
-            and not torch._C._is_torch_function_mode_enabled()
         ):
-            # tinyBIG's call, eager: one trip into C++, which checks p, w's dtype and the state.
+            # tinyBIG's call, eager: one trip into C++, which checks p, w's dtype and the state, and
+            # hands back the state it used (a fresh one, or the fixed one on w's device).
             self.__dict__["_mask_matrix_of"] = (n, D, None)
-            if self.fixed_mask:
-                return _C.masked_fabrication(w, n, D, self._p, self._state_on(w.device))
-            matrix, state = _C.masked_fabrication_fresh(w, n, D, self._p)
-            self._buffers["rng_state"] = state  # kept for mask_matrix and generate_masking_matrix
+            state = self._buffers["rng_state"] if self.fixed_mask else None
+            matrix, used = _C.masked_fabrication(w, n, D, self._p, state)
+            if used is not state:
+                self._buffers["rng_state"] = used
             return matrix
         return self._checked_forward(n, D, w, device)
 
@@ -363,6 +363,9 @@ def _stack_rows(rows, w, row_length):
 
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+# Bound once: forward asks both on every call. torch.compile still sees is_compiling for what it is.
+_is_compiling = torch.compiler.is_compiling
+_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 _REQUESTED_DEVICES = {}  # device argument (tinyBIG passes strings) -> torch.device, parsed once
 
 
