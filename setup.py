@@ -66,6 +66,7 @@ def make_extension():
     cxx_flags = ["-O3", "-fopenmp"]  # the C++ standard is torch's choice
     sources = ["csrc/ops.cpp", "csrc/argument_checks.cpp", "csrc/autograd.cpp", "csrc/cpu/masked_copy.cpp", "csrc/cpu/mask_ops_cpu.cpp", "csrc/cpu/output_cache.cpp"]
     sources += ["csrc/compact_op.cpp", "csrc/cpu/compact_ranges.cpp", "csrc/cpu/compact_ops_cpu.cpp"]
+    sources += ["csrc/fallback_ops.cpp"]
     options = dict(
         name="tinybig_cuda._C",
         include_dirs=[str(ROOT / "csrc")],
