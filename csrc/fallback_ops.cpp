@@ -17,7 +17,6 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
-#include "argument_checks.h"
 #include "compact_op.h"
 #include "mask_op.h"
 
