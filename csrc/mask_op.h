@@ -16,6 +16,10 @@ namespace tinybig_cuda {
 using MaskedCopyKernel = void (*)(const at::Tensor& input, at::Tensor& output, double p,
                                   const at::Tensor& rng_state, uint64_t element_offset);
 
+// The checks of bernoulli_mask_apply's arguments, shared with the kernels that have no masked copy.
+void check_mask_apply_arguments(const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                int64_t element_offset);
+
 at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& w, double p,
                                      const at::Tensor& rng_state, int64_t element_offset);
 

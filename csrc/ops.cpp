@@ -20,13 +20,18 @@
 
 namespace tinybig_cuda {
 
-at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& w, double p,
-                                     const at::Tensor& rng_state, int64_t element_offset) {
+void check_mask_apply_arguments(const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                int64_t element_offset) {
   constexpr const char* op = "tinybig_cuda.bernoulli_mask_apply";
   check_maskable_dtype(op, "w", w);
   check_keep_probability(op, p);
   check_rng_state(op, rng_state, w.device());
   check_element_offset(op, element_offset, w.numel());
+}
+
+at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& w, double p,
+                                     const at::Tensor& rng_state, int64_t element_offset) {
+  check_mask_apply_arguments(w, p, rng_state, element_offset);
 
   // The output is always contiguous, so element i of the flat output is logical element i.
   at::Tensor output = empty_output(w.sizes(), w.options());

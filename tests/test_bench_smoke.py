@@ -1,4 +1,5 @@
-"""Smoke test of bench/bench_masking.py: every implementation runs and reports sane rows.
+"""Smoke test of bench/bench_masking.py (every implementation runs and reports sane rows) and of
+bench/bench_cpu_isa.py (a row per supported CPU path).
 
 It checks behaviour (the rows, their keys, the memory each implementation keeps), never speed:
 timings on a shared CI machine say nothing, and the bench reports targets without failing them.
@@ -7,6 +8,8 @@ timings on a shared CI machine say nothing, and the bench reports targets withou
 import importlib.util
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -123,3 +126,15 @@ def test_busy_cores_of_others_sees_a_spinning_process(bench):
         spinner.kill()
         spinner.wait()
     assert 0.5 <= busy <= os.cpu_count() + 0.01
+
+
+def test_cpu_isa_bench_prints_a_row_per_supported_path():
+    import tinybig_cuda
+
+    script = Path(__file__).resolve().parents[1] / "bench" / "bench_cpu_isa.py"
+    result = subprocess.run([sys.executable, str(script), "--numel", "4096", "--rounds", "1"],
+                            capture_output=True, text=True, check=True)
+    rows = [line for line in result.stdout.splitlines() if line.startswith("| ") and not line.startswith("| path")]
+    assert [row.split("|")[1].strip() for row in rows] == tinybig_cuda._C.supported_cpu_isas()
+    for row in rows:
+        assert float(row.split("|")[2]) > 0

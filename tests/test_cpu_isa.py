@@ -24,7 +24,7 @@ def test_default_is_the_fastest_supported_path():
 
 
 def test_unknown_or_unsupported_isa_is_rejected():
-    with pytest.raises(ValueError, match="expected name to be 'auto', 'scalar', 'avx2' or 'avx512', but got 'sse9'"):
+    with pytest.raises(ValueError, match="expected name to be one of 'auto', 'scalar', 'avx2', 'avx512', 'neon', but got 'sse9'"):
         _C.set_cpu_isa("sse9")
     assert _C.cpu_isa() == SUPPORTED[-1]
 

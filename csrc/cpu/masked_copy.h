@@ -9,8 +9,10 @@
 namespace tinybig_cuda {
 
 // Instruction sets the CPU kernel is built for, slowest first. Every one gives the same bits.
-enum class CpuIsa { kScalar, kAvx2, kAvx512 };
-constexpr CpuIsa kAllCpuIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512};
+// kScalar is portable C++ (no intrinsics) and runs on every CPU; kAvx2 and kAvx512 exist on x86-64
+// and kNeon on aarch64 (where NEON is part of the base architecture).
+enum class CpuIsa { kScalar, kAvx2, kAvx512, kNeon };
+constexpr CpuIsa kAllCpuIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx512, CpuIsa::kNeon};
 
 const char* cpu_isa_name(CpuIsa isa);
 CpuIsa cpu_isa_from_name(const std::string& name);  // throws std::invalid_argument

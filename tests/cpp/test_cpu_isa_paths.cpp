@@ -1,5 +1,6 @@
-// Every instruction-set path this CPU supports gives the scalar path's bits, for every element
-// size, ranges that start and end anywhere in a block, and the threshold edges.
+// The scalar (portable) path gives the bits of the contract's one-block-per-element definition, and
+// every other instruction-set path this CPU supports gives the scalar path's bits, for every
+// element size, ranges that start and end anywhere in a block, and the threshold edges.
 #include <cstring>
 #include <random>
 #include <vector>
@@ -46,9 +47,30 @@ void check_against_scalar(CpuIsa isa) {
   }
 }
 
+void check_scalar_against_definition() {
+  std::mt19937_64 random(11);
+  for (const double p : {0.0, 0.3, 0.5, 1.0}) {
+    for (const int64_t numel : {1, 5, 12, 13, 100, 1031}) {
+      for (const uint64_t element_offset : {uint64_t{0}, uint64_t{2}, (uint64_t{1} << 35) + 1}) {
+        const MaskKey key{random(), random(), keep_threshold(p)};
+        std::vector<uint32_t> input(numel), output(numel);
+        for (auto& value : input) value = static_cast<uint32_t>(random() | 1);
+        masked_copy_range(CpuIsa::kScalar, input.data(), output.data(), 4, 0, numel, element_offset, key);
+        for (int64_t k = 0; k < numel; ++k) {
+          const uint32_t expected = keeps_element(element_offset + k, key) ? input[k] : 0;
+          CHECK(output[k] == expected, "scalar: p %g, numel %lld, offset %llu, element %lld", p,
+                static_cast<long long>(numel), static_cast<unsigned long long>(element_offset),
+                static_cast<long long>(k));
+        }
+      }
+    }
+  }
+}
+
 }  // namespace
 
 int main() {
+  check_scalar_against_definition();
   int paths = 0;
   for (const CpuIsa isa : kAllCpuIsas) {
     if (!cpu_supports(isa)) {
