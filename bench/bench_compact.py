@@ -69,7 +69,9 @@ def measure_memory(head):
     gradients = tensor_bytes(p.grad for p in head.parameters())
     adam = tensor_bytes(value for state in optimizer.state.values() for value in state.values())
     fabrication = head.fabrication
-    mask = tensor_bytes([getattr(fabrication, "mask_matrix", None)]) + tensor_bytes(fabrication.buffers())
+    # What the module keeps alive: tensor attributes (tinyBIG's mask_matrix is one; ours is made from
+    # rng_state when read, so reading it would count a mask that is never kept) and buffers.
+    mask = tensor_bytes(vars(fabrication).values()) + tensor_bytes(fabrication.buffers())
     buffer = io.BytesIO()
     torch.save(head.state_dict(), buffer)
     head.w.grad = None
