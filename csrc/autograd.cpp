@@ -58,9 +58,27 @@ SavedMask load_mask(AutogradContext* context) {
           context->saved_data["element_offset"].toSymInt()};
 }
 
-// bernoulli_mask_apply's backward, a plain autograd Node rather than a torch::autograd::Function:
-// its context (a string-keyed map of saved values, input and output bookkeeping) cost more than
-// the op itself at tinyBIG's sizes. What it saves is the same: the state, p and the offset.
+class MaskApply : public torch::autograd::Function<MaskApply> {
+ public:
+  static at::Tensor forward(AutogradContext* context, const at::Tensor& w, double p,
+                            const at::Tensor& rng_state, c10::SymInt element_offset) {
+    save_mask(context, rng_state, p, element_offset);
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_mask_apply(w, p, rng_state, element_offset);
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const SavedMask mask = load_mask(context);
+    return {call_mask_apply(grad_outputs[0], mask.p, mask.rng_state, mask.element_offset),
+            at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+// The module's eager call records bernoulli_mask_apply's backward as this plain autograd Node
+// rather than MaskApply: a torch::autograd::Function's context (a string-keyed map of saved
+// values, input and output bookkeeping) cost more than the op itself at tinyBIG's sizes. It saves
+// the same (the state, p and the offset), but has no compiled-autograd support, so the module
+// takes the op (and MaskApply) while compiled autograd is on.
 struct MaskApplyBackward final : public torch::autograd::Node {
   torch::autograd::SavedVariable rng_state;  // checks, at unpack, that no one wrote to the state
   double p = 0.0;
@@ -150,7 +168,7 @@ at::Tensor mask_apply_with_history(const at::Tensor& w, double p, const at::Tens
 TORCH_LIBRARY_IMPL(tinybig_cuda, Autograd, m) {
   m.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p, const at::Tensor& rng_state,
                                     c10::SymInt element_offset) {
-    return mask_apply_with_history(w, p, rng_state, element_offset, std::nullopt);
+    return MaskApply::apply(w, p, rng_state, std::move(element_offset));
   });
   m.impl("bernoulli_mask_expand",
          [](const at::Tensor& values, double p, const at::Tensor& rng_state,

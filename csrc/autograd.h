@@ -1,5 +1,5 @@
-// The autograd of bernoulli_mask_apply, for the op's Autograd kernel and for callers in C++ that
-// want the op with its history in one step.
+// bernoulli_mask_apply with its history in one step, for the module's eager call (the op's own
+// Autograd kernel is a torch::autograd::Function, which compiled autograd supports).
 #pragma once
 
 #include <ATen/core/Tensor.h>

@@ -1,7 +1,7 @@
 #include "module_calls.h"
 
 #include <ATen/CPUGeneratorImpl.h>
-#include <ATen/FuncTorchTLS.h>
+#include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/randint.h>
 
@@ -37,8 +37,8 @@ std::tuple<at::Tensor, at::Tensor> masked_fabrication(const at::Tensor& w, int64
                      : rng_state->device() == w.device() ? *rng_state
                                                           : rng_state->to(w.device());
   at::Tensor matrix;
-  if (at::functorch::functorchTLSAccessor()) {
-    // A torch.func transform may be active: take every dispatch key the op has (vmap's included).
+  if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) {
+    // A torch.func transform is active: take every dispatch key the op has (vmap's included).
     matrix = call_mask_apply(w, p, state, 0).view({n, D});
   } else {
     // The op's own autograd, entered directly, with the (n, D) view folded into its node. Viewing

@@ -279,3 +279,33 @@ def test_patch_tinybig_makes_tinybig_build_ours(tinybig, monkeypatch):
         head = make_head(path)
         assert type(head.parameter_fabrication) is masking_reconciliation
         head(torch.randn(5, 4), device="cpu").sum().backward()
+
+
+def test_compiled_autograd_gives_eager_gradients():
+    """Compiled autograd traces the backward: the op's and the module's must both be traceable."""
+    state = torch.tensor([1, 2])
+    module = masking_reconciliation(p=0.5)
+    w = random_values((6, 12), torch.float32).requires_grad_()
+
+    def gradients():
+        (op_grad,) = torch.autograd.grad(bernoulli_mask_apply(w, 0.5, state).square().sum(), w)
+        (module_grad,) = torch.autograd.grad(module(w=w, n=6, D=12).square().sum(), w)
+        return op_grad, module_grad
+
+    eager = gradients()
+    with torch._dynamo.compiled_autograd._enable(torch.compile(backend="eager")):
+        compiled = gradients()
+    for actual, expected in zip(compiled, eager):
+        assert_bitwise_equal(actual, expected)
+
+
+def test_module_call_after_a_torch_func_transform():
+    """A finished transform leaves functorch's thread state behind; calls after it still work
+    (and may take the fast path again), inside one they go through the op's functorch keys."""
+    module = masking_reconciliation(p=0.5)
+    w = random_values((1, 72), torch.float32)
+    torch.func.vmap(torch.sin)(torch.ones(3, 2))
+    expected = bernoulli_mask_apply(w.view(6, 12), 0.5, module.rng_state)
+    assert_bitwise_equal(module(w=w, n=6, D=12), expected)
+    batched = torch.func.vmap(lambda row: module(w=row, n=6, D=12))(w.expand(3, 72))
+    assert_bitwise_equal(batched, expected.expand(3, 6, 12).contiguous())

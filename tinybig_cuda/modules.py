@@ -1,5 +1,6 @@
 """tinyBIG's parameter fabrication base class and its masking reconciliation, on the fused op."""
 
+import sys
 import warnings
 from abc import ABC, abstractmethod
 
@@ -73,7 +74,7 @@ def _check_size(argument, value):
 def _draw_rng_state(device):
     """A fresh [seed, offset] from torch's generator for `device`, covering all 64 bits of each, made
     on the device itself (a CUDA state costs no host sync). Eager: two draws of the generator in C++
-    (masked_fabrication_fresh draws the same way). Compiled: torch.randint, which the compiler
+    (masked_fabrication draws the same way). Compiled: torch.randint, which the compiler
     traces into the graph and makes with its own generator."""
     if torch.compiler.is_compiling():
         return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
@@ -224,7 +225,7 @@ class masking_reconciliation(fabrication):
         """
         if (
             type(n) is int and type(D) is int and n >= 0 and D >= 0 and type(w) in _PLAIN_TENSOR_TYPES
-            and not _is_compiling() and not _torch_function_mode_enabled()
+            and not _is_compiling() and not _torch_function_mode_enabled() and not _compiled_autograd_enabled()
             and w.numel() == n * D and not self.compact
             and (device is None or _is_on(w.device, _requested_device(device)))
         ):
@@ -366,6 +367,13 @@ _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 # Bound once: forward asks both on every call. torch.compile still sees is_compiling for what it is.
 _is_compiling = torch.compiler.is_compiling
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+
+
+def _compiled_autograd_enabled():
+    """Whether torch._dynamo's compiled autograd is on (then the op's own autograd, which it
+    supports, is taken). Its module is only imported by code that uses it."""
+    compiled_autograd = sys.modules.get("torch._dynamo.compiled_autograd")
+    return compiled_autograd is not None and compiled_autograd.compiled_autograd_enabled
 _REQUESTED_DEVICES = {}  # device argument (tinyBIG passes strings) -> torch.device, parsed once
 
 
