@@ -19,6 +19,7 @@
 
 #include "compact_op.h"
 #include "mask_op.h"
+#include "op_handles.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -26,11 +27,6 @@ namespace {
 // The CPU kernels are called by redispatching straight to the CPU key: it is their bits we want,
 // whatever other keys the arguments or the thread carry.
 const c10::DispatchKeySet kCpuKernel(c10::DispatchKey::CPU);
-
-template <typename Signature>
-c10::TypedOperatorHandle<Signature> find_op(const char* name) {
-  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "").typed<Signature>();
-}
 
 // The bool mask of `shape`, on the CPU.
 at::Tensor cpu_mask(at::IntArrayRef shape, double p, const at::Tensor& rng_state, int64_t element_offset) {
