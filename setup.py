@@ -1,4 +1,14 @@
-"""Builds tinybig_cuda._C: the CPU kernels always, the CUDA kernels when torch and a toolkit allow.
+"""Builds tinybig_cuda's two compiled parts:
+
+  tinybig_cuda/libtinybig_cuda_ops.so   the op library: schemas, kernels (CPU always, CUDA when torch
+                                        and a toolkit allow), autograd. No Python symbols: it loads
+                                        with torch.ops.load_library alone, in an AOTInductor runner
+                                        or a libtorch C++ program.
+  tinybig_cuda._C                       the pybind11 module of Python-side controls, which resolves
+                                        the op library's symbols from the loaded library.
+
+It also writes tinybig_cuda/_build_info.py: the torch it was built against (checked on import) and
+the build summary (printed by `python -m tinybig_cuda`, since pip hides this script's output).
 
 Environment switches (each one, when set, is printed):
   TINYBIG_CUDA_BUILD=1   build the CUDA kernels, failing loudly if they cannot be built
@@ -12,6 +22,7 @@ Environment switches (each one, when set, is printed):
 """
 
 import os
+import platform
 import shutil
 import sys
 import tempfile
@@ -21,10 +32,29 @@ from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
+OP_LIBRARY = "tinybig_cuda._ops"  # built as tinybig_cuda/libtinybig_cuda_ops.so
+OP_LIBRARY_FILE = "libtinybig_cuda_ops.so"
+SUMMARY = []  # what this build decided and why, one line each
 
 
 def log(message):
+    SUMMARY.append(message)
     print(f"[tinybig_cuda setup] {message}", file=sys.stderr, flush=True)
+
+
+def import_build_torch():
+    """The torch to compile against: the one installed where the package will run."""
+    try:
+        import torch
+    except ImportError:
+        sys.exit(
+            "tinybig_cuda: torch is not importable by this build. The extension must be compiled "
+            "against the torch it will run with, so it is not a build requirement (an isolated "
+            "build would fetch and compile against another torch, whose ops then fail to load). "
+            "Install torch first, then build without isolation:\n"
+            "    pip install torch && pip install --no-build-isolation ."
+        )
+    return torch
 
 
 def locate_cuda_home():
@@ -125,57 +155,110 @@ def openmp_flags(torch):
     return [], []
 
 
-def make_extension():
+def sources_in(*folders, suffixes=(".cpp",)):
+    """Every source file of these folders of csrc/ (not their subfolders), sorted."""
+    found = [path for folder in folders for path in (ROOT / "csrc" / folder).iterdir() if path.suffix in suffixes]
+    return sorted(str(path.relative_to(ROOT)) for path in found)
+
+
+def compiled_cpu_paths():
+    """The CPU kernel paths this architecture's build contains (cpu/isa.h); each runs where the CPU
+    supports it."""
+    machine = platform.machine().lower()
+    if machine in ("x86_64", "amd64"):
+        return ["scalar", "avx2", "avx512"]
+    if machine in ("aarch64", "arm64"):
+        return ["scalar", "neon"]
+    return ["scalar"]
+
+
+def make_extensions(torch):
+    """(the op library, the Python module), and the build facts."""
     locate_cuda_home()
-    import torch
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
     with_cuda, why = decide_cuda_build(torch)
     openmp_compile_flags, openmp_link_flags = openmp_flags(torch)
-    # The C++ standard is torch's choice. No instruction-set flags: the x86 and ARM vector paths are
-    # compiled per function (target attributes) or are the architecture's baseline (NEON).
+    log(f"CPU kernel paths: {', '.join(compiled_cpu_paths())} ({platform.machine()})")
+    # The C++ standard is torch's choice (its extension flags). No instruction-set flags: the x86
+    # and ARM vector paths are compiled per function (target attributes) or are the architecture's
+    # baseline (NEON).
     cxx_flags = ["-O3", *openmp_compile_flags]
-    sources = ["csrc/ops.cpp", "csrc/argument_checks.cpp", "csrc/autograd.cpp", "csrc/cpu/masked_copy.cpp", "csrc/cpu/mask_ops_cpu.cpp", "csrc/cpu/output_cache.cpp", "csrc/module_calls.cpp"]
-    sources += ["csrc/compact_op.cpp", "csrc/cpu/compact_ranges.cpp", "csrc/cpu/compact_ops_cpu.cpp"]
-    sources += ["csrc/fallback_ops.cpp"]
-    options = dict(
-        name="tinybig_cuda._C",
-        include_dirs=[str(ROOT / "csrc")],
-        extra_link_args=openmp_link_flags,
-    )
+    include_dirs = [str(ROOT / "csrc")]
+    # The torch-free kernel cores (cpu/, cuda/) and their torch registrations (ops/).
+    ops_sources = sources_in("ops", "ops/cpu", "cpu")
+    # py_limited_api: torch then links neither libtorch_python nor anything else of Python's.
+    ops_options = dict(name=OP_LIBRARY, include_dirs=include_dirs, extra_link_args=openmp_link_flags, py_limited_api=True)
+    facts = dict(torch_version=torch.__version__, cuda_kernels=with_cuda, cuda_reason=why, cuda_arch_list=None)
     if not with_cuda:
         log(f"building the CPU kernels only: {why}")
-        return CppExtension(sources=sources, extra_compile_args={"cxx": cxx_flags}, **options)
-
-    if os.environ.get("TORCH_CUDA_ARCH_LIST"):
-        log(f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} (from the environment)")
-    elif torch.cuda.is_available():
-        log("TORCH_CUDA_ARCH_LIST unset: compiling for the visible GPUs (torch's choice)")
+        ops = CppExtension(sources=ops_sources, extra_compile_args={"cxx": cxx_flags}, **ops_options)
     else:
-        os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
-        log(f"TORCH_CUDA_ARCH_LIST unset and no GPU visible: compiling for {DEFAULT_CUDA_ARCH_LIST}")
-    log(f"building the CPU and CUDA kernels: {why}")
-    sources += ["csrc/cuda/mask_ops_cuda.cpp", "csrc/cuda/masked_copy.cu"]
-    sources += ["csrc/cuda/compact_ops_cuda.cpp", "csrc/cuda/compact.cu"]
-    nvcc_flags = ["-O3", "-Xptxas=-v"]  # -v prints registers and spills per kernel
-    return CUDAExtension(
-        sources=sources,
-        define_macros=[("TINYBIG_WITH_CUDA", None)],
-        extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
-        **options,
+        if os.environ.get("TORCH_CUDA_ARCH_LIST"):
+            log(f"TORCH_CUDA_ARCH_LIST={os.environ['TORCH_CUDA_ARCH_LIST']} (from the environment)")
+        elif torch.cuda.is_available():
+            log("TORCH_CUDA_ARCH_LIST unset: compiling for the visible GPUs (torch's choice)")
+        else:
+            os.environ["TORCH_CUDA_ARCH_LIST"] = DEFAULT_CUDA_ARCH_LIST
+            log(f"TORCH_CUDA_ARCH_LIST unset and no GPU visible: compiling for {DEFAULT_CUDA_ARCH_LIST}")
+        facts["cuda_arch_list"] = os.environ.get("TORCH_CUDA_ARCH_LIST", "the visible GPUs'")
+        log(f"building the CPU and CUDA kernels: {why}")
+        ops_sources += sources_in("ops/cuda") + sources_in("cuda", suffixes=(".cu",))
+        nvcc_flags = ["-O3", "-Xptxas=-v"]  # -v prints registers and spills per kernel
+        ops = CUDAExtension(
+            sources=ops_sources,
+            define_macros=[("TINYBIG_WITH_CUDA", None)],
+            extra_compile_args={"cxx": cxx_flags, "nvcc": nvcc_flags},
+            **ops_options,
+        )
+    module = CppExtension(
+        name="tinybig_cuda._C",
+        sources=sources_in("python"),
+        include_dirs=include_dirs,
+        define_macros=[("TINYBIG_WITH_CUDA", None)] if with_cuda else [],
+        extra_compile_args={"cxx": cxx_flags},
     )
+    return [ops, module], facts
+
+
+def write_build_info(facts):
+    """tinybig_cuda/_build_info.py: read on import (the torch check) and by `python -m tinybig_cuda`."""
+    lines = [
+        '"""Written by setup.py when the extension was built: what it was built against and why."""',
+        "",
+        f"TORCH_VERSION = {facts['torch_version']!r}",
+        f"CUDA_KERNELS = {facts['cuda_kernels']!r}",
+        f"CUDA_REASON = {facts['cuda_reason']!r}",
+        f"CUDA_ARCH_LIST = {facts['cuda_arch_list']!r}",
+        f"OP_LIBRARY = {OP_LIBRARY_FILE!r}",
+        f"SUMMARY = {SUMMARY!r}",
+        "",
+    ]
+    (ROOT / "tinybig_cuda" / "_build_info.py").write_text("\n".join(lines))
 
 
 def build_ext_class():
     from torch.utils.cpp_extension import BuildExtension
 
-    return BuildExtension.with_options(use_ninja=True)
+    class Build(BuildExtension):
+        def get_ext_filename(self, ext_name):
+            # The op library is no Python module: a plain name, for torch.ops.load_library and C++.
+            # Asked for by full name and by last component; answered as setuptools would.
+            parts = ext_name.split(".")
+            if parts[-1] == OP_LIBRARY.split(".")[-1]:
+                return os.path.join(*parts[:-1], OP_LIBRARY_FILE)
+            return super().get_ext_filename(ext_name)
+
+    return Build.with_options(use_ninja=True)
 
 
 if __name__ == "__main__":
+    build_torch = import_build_torch()
     log(f"MAX_JOBS={os.environ.get('MAX_JOBS', '(unset: ninja picks)')}")
+    extensions, build_facts = make_extensions(build_torch)
+    write_build_info(build_facts)
     setup(
         packages=find_packages(include=["tinybig_cuda", "tinybig_cuda.*"]),
-        ext_modules=[make_extension()],
+        ext_modules=extensions,
         cmdclass={"build_ext": build_ext_class()},
     )

@@ -1,4 +1,4 @@
-"""The kernels for devices without a native one (MPS, XPU, PrivateUse1; csrc/fallback_ops.cpp).
+"""The kernels for devices without a native one (MPS, XPU, PrivateUse1; csrc/ops/fallback_kernels.cpp).
 
 No such device is attached here, so each registered kernel is called for its dispatch key with CPU
 tensors (OpOverload._op_dk), where it must give the CPU kernel's bits; and a PrivateUse1 device is
@@ -63,15 +63,15 @@ def dispatch_table(name):
 @pytest.mark.parametrize("name", OPS)
 def test_fallback_is_registered_for_exactly_the_devices_without_a_kernel(name):
     table = dispatch_table(name)
-    fallback_keys = {key for key, where in table.items() if "fallback_ops.cpp" in where}
+    fallback_keys = {key for key, where in table.items() if "fallback_kernels.cpp" in where}
     assert fallback_keys == set(FALLBACK_KEYS)
     # Nothing catches other devices: no composite kernel, the CPU kernel is the native one, and
     # CUDA has a kernel exactly when the CUDA kernels were built (a CUDA tensor errors otherwise).
     assert not any(key.startswith("Composite") for key in table)
-    assert re.search(r"cpu[/\\](mask|compact)_ops_cpu\.cpp", table["CPU"])
+    assert re.search(r"cpu[/\\](masking|compact)_cpu\.cpp", table["CPU"])
     assert ("CUDA" in table) == _C.has_cuda_kernels()
     if "CUDA" in table:
-        assert re.search(r"cuda[/\\](mask|compact)_ops_cuda\.cpp", table["CUDA"])
+        assert re.search(r"cuda[/\\](masking|compact)_cuda\.cpp", table["CUDA"])
 
 
 @pytest.mark.parametrize("name", ["bernoulli_mask_apply", "bernoulli_mask_expand", "bernoulli_mask_compress"])
@@ -205,5 +205,6 @@ def test_emulated_device_runs_the_compact_ops_through_the_fallback():
         out, grad = forward_and_backward(
             lambda v, s: tinybig_cuda.bernoulli_mask_expand(v, 0.3, s, (10, 20)) * 3, values, state)
     # expand scatters forward; its backward is compress, which selects.
-    assert "aten.masked_scatter_.default" in aten_calls and "aten.masked_select.default" in aten_calls
+    assert "aten.masked_scatter_.default" in aten_calls
+    assert any(call.startswith("aten.masked_select.") for call in aten_calls)
     assert torch.equal(out, expected_out) and torch.equal(grad, expected_grad)

@@ -13,6 +13,7 @@
     patch_tinybig()                         make tinyBIG build this package's masking_reconciliation
 """
 
+from . import _library  # first: checks the build against this torch and loads the ops
 from . import reference
 from .modules import fabrication, masking_reconciliation
 from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_mask_expand, count_kept
@@ -24,3 +25,4 @@ __all__ = ["bernoulli_mask_apply", "bernoulli_mask", "fabrication", "masking_rec
 __all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
 __all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache", "patch_tinybig"]
 __version__ = "0.1.0"
+op_library_path = _library.OP_LIBRARY_PATH  # for torch.ops.load_library, AOTInductor runners and C++

@@ -1,20 +1,10 @@
 """Typed Python entry points of the compiled ops, with their fake kernels.
 
-The ops' autograd is registered in C++ (csrc/autograd.cpp)."""
+The ops' autograd is registered in C++ (csrc/ops/autograd.cpp)."""
 
-import os
 from typing import Sequence
 
 import torch
-
-try:
-    from . import _C  # noqa: F401  (loading the library registers torch.ops.tinybig_cuda)
-except ImportError as error:  # most often: the source tree shadows the installed package
-    raise ImportError(
-        f"tinybig_cuda's compiled extension could not be loaded from {os.path.dirname(__file__)}: {error}. "
-        "Install it with `pip install --no-build-isolation .` and import it from outside the "
-        "source tree (run tests with the `pytest` command, not `python -m pytest`)."
-    ) from error
 
 from . import _arguments as arguments
 

@@ -1,13 +1,15 @@
-#include "compact_ranges.h"
+#include "cpu/compact_ranges.h"
 
 #include <algorithm>
 #include <cstring>
-#include <stdexcept>
+
+#include "cpu/masked_copy.h"
+#include "element_size.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "philox_avx2.h"
+#include "cpu/philox_avx2.h"
 #endif
 
 namespace tinybig_cuda {
@@ -81,10 +83,7 @@ void compress_tile_scalar(const Bits* in, Bits* out, const uint8_t* keep, int64_
 // touches memory past them); VPCOMPRESS packs the kept lanes of a register. 2-byte lanes need
 // AVX512_VBMI2 besides the AVX-512 path's F, BW and VL. Each returns where the scalar loop goes on.
 #if defined(__x86_64__)
-#define TINYBIG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,popcnt")))
-#define TINYBIG_AVX512_VBMI2 __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
-
-TINYBIG_AVX512 inline uint32_t keep_bits_avx512(const uint8_t* keep, int lanes) {
+TINYBIG_TARGET_AVX512 inline uint32_t keep_bits_avx512(const uint8_t* keep, int lanes) {
   if (lanes == 32) {
     return _mm256_test_epi8_mask(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keep)), _mm256_set1_epi8(1));
   }
@@ -94,22 +93,22 @@ TINYBIG_AVX512 inline uint32_t keep_bits_avx512(const uint8_t* keep, int lanes) 
 }
 
 // One 64-byte vector of lanes: expand-load from values + rank, or compress a loaded vector.
-TINYBIG_AVX512 inline __m512i expand_load(uint32_t keep, const uint32_t* values) {
+TINYBIG_TARGET_AVX512 inline __m512i expand_load(uint32_t keep, const uint32_t* values) {
   return _mm512_maskz_expandloadu_epi32(static_cast<__mmask16>(keep), values);
 }
-TINYBIG_AVX512 inline __m512i expand_load(uint32_t keep, const uint64_t* values) {
+TINYBIG_TARGET_AVX512 inline __m512i expand_load(uint32_t keep, const uint64_t* values) {
   return _mm512_maskz_expandloadu_epi64(static_cast<__mmask8>(keep), values);
 }
-TINYBIG_AVX512_VBMI2 inline __m512i expand_load(uint32_t keep, const uint16_t* values) {
+TINYBIG_TARGET_AVX512_VBMI2 inline __m512i expand_load(uint32_t keep, const uint16_t* values) {
   return _mm512_maskz_expandloadu_epi16(keep, values);
 }
-TINYBIG_AVX512 inline __m512i compress(uint32_t keep, __m512i vector, const uint32_t*) {
+TINYBIG_TARGET_AVX512 inline __m512i compress(uint32_t keep, __m512i vector, const uint32_t*) {
   return _mm512_maskz_compress_epi32(static_cast<__mmask16>(keep), vector);
 }
-TINYBIG_AVX512 inline __m512i compress(uint32_t keep, __m512i vector, const uint64_t*) {
+TINYBIG_TARGET_AVX512 inline __m512i compress(uint32_t keep, __m512i vector, const uint64_t*) {
   return _mm512_maskz_compress_epi64(static_cast<__mmask8>(keep), vector);
 }
-TINYBIG_AVX512_VBMI2 inline __m512i compress(uint32_t keep, __m512i vector, const uint16_t*) {
+TINYBIG_TARGET_AVX512_VBMI2 inline __m512i compress(uint32_t keep, __m512i vector, const uint16_t*) {
   return _mm512_maskz_compress_epi16(keep, vector);
 }
 
@@ -139,16 +138,15 @@ TINYBIG_AVX512_VBMI2 inline __m512i compress(uint32_t keep, __m512i vector, cons
     return j;                                                                                     \
   }
 
-TINYBIG_DEFINE_TILE_AVX512(uint16_t, TINYBIG_AVX512_VBMI2)
-TINYBIG_DEFINE_TILE_AVX512(uint32_t, TINYBIG_AVX512)
-TINYBIG_DEFINE_TILE_AVX512(uint64_t, TINYBIG_AVX512)
+TINYBIG_DEFINE_TILE_AVX512(uint16_t, TINYBIG_TARGET_AVX512_VBMI2)
+TINYBIG_DEFINE_TILE_AVX512(uint32_t, TINYBIG_TARGET_AVX512)
+TINYBIG_DEFINE_TILE_AVX512(uint64_t, TINYBIG_TARGET_AVX512)
 #undef TINYBIG_DEFINE_TILE_AVX512
 
 template <typename Bits>
 bool has_avx512_tiles(CpuIsa isa) {
   if (isa != CpuIsa::kAvx512 || sizeof(Bits) == 1) return false;
-  static const bool vbmi2 = __builtin_cpu_supports("avx512vbmi2");
-  return sizeof(Bits) != 2 || vbmi2;
+  return sizeof(Bits) != 2 || cpu_supports_avx512_vbmi2();
 }
 
 // ---------------------------------------------------------------- AVX2, fused with Philox
@@ -203,20 +201,20 @@ const PermutationTables& permutation_tables() {
   return tables;
 }
 
-TINYBIG_AVX2 inline __m256i load256(const void* address) {
+TINYBIG_TARGET_AVX2 inline __m256i load256(const void* address) {
   return _mm256_loadu_si256(static_cast<const __m256i*>(address));
 }
-TINYBIG_AVX2 inline __m128i load128(const void* address) {
+TINYBIG_TARGET_AVX2 inline __m128i load128(const void* address) {
   return _mm_loadu_si128(static_cast<const __m128i*>(address));
 }
-TINYBIG_AVX2 inline uint32_t keep_bits(__m256i keep) {
+TINYBIG_TARGET_AVX2 inline uint32_t keep_bits(__m256i keep) {
   return static_cast<uint32_t>(_mm256_movemask_ps(_mm256_castsi256_ps(keep)));
 }
 
 // Counts the kept lanes.
 struct CountAvx2 {
   int64_t kept = 0;
-  TINYBIG_AVX2 inline void operator()(int64_t, __m256i keep) { kept += _mm_popcnt_u32(keep_bits(keep)); }
+  TINYBIG_TARGET_AVX2 inline void operator()(int64_t, __m256i keep) { kept += _mm_popcnt_u32(keep_bits(keep)); }
 };
 
 // out[element + lane] = values[rank...] in the kept lanes, zero bits in the dropped ones; never
@@ -229,7 +227,7 @@ struct ExpandAvx2 {
   int64_t rank;
   const PermutationTables& tables = permutation_tables();  // once, not per vector
 
-  TINYBIG_AVX2 inline void operator()(int64_t element, __m256i keep) {
+  TINYBIG_TARGET_AVX2 inline void operator()(int64_t element, __m256i keep) {
     const uint32_t bits = keep_bits(keep);
     Bits* to = out + element;
     if (rank + 8 > values_count) {  // the loads below read 8 values: near the end, one at a time
@@ -272,7 +270,7 @@ struct CompressAvx2 {
   int64_t kept;
   const PermutationTables& tables = permutation_tables();  // once, not per vector
 
-  TINYBIG_AVX2 inline void operator()(int64_t element, __m256i keep) {
+  TINYBIG_TARGET_AVX2 inline void operator()(int64_t element, __m256i keep) {
     const uint32_t bits = keep_bits(keep);
     const Bits* from = in + element;
     if (kept + 8 > room) {
@@ -414,35 +412,6 @@ void compress_typed(CpuIsa isa, const Bits* full, Bits* values, int64_t values_c
   compress_tiles(isa, full, values, values_count, begin, end, rank, element_offset, key);
 }
 
-template <template <typename> class Action, typename... Args>
-void with_bits(int element_size, Args&&... args) {
-  switch (element_size) {
-    case 1: return Action<uint8_t>::run(args...);
-    case 2: return Action<uint16_t>::run(args...);
-    case 4: return Action<uint32_t>::run(args...);
-    case 8: return Action<uint64_t>::run(args...);
-    default: throw std::invalid_argument("compact ops: element_size must be 1, 2, 4 or 8");
-  }
-}
-
-template <typename Bits>
-struct Expand {
-  static void run(CpuIsa isa, const void* values, int64_t values_count, void* output, int64_t begin,
-                  int64_t end, int64_t first_rank, uint64_t element_offset, const MaskKey& key) {
-    expand_typed(isa, static_cast<const Bits*>(values), values_count, static_cast<Bits*>(output),
-                 begin, end, first_rank, element_offset, key);
-  }
-};
-
-template <typename Bits>
-struct Compress {
-  static void run(CpuIsa isa, const void* full, void* values, int64_t values_count, int64_t begin,
-                  int64_t end, int64_t first_rank, uint64_t element_offset, const MaskKey& key) {
-    compress_typed(isa, static_cast<const Bits*>(full), static_cast<Bits*>(values), values_count,
-                   begin, end, first_rank, element_offset, key);
-  }
-};
-
 }  // namespace
 
 int64_t count_kept_range(CpuIsa isa, int64_t begin, int64_t end, uint64_t element_offset,
@@ -469,15 +438,21 @@ int64_t count_kept_range(CpuIsa isa, int64_t begin, int64_t end, uint64_t elemen
 void expand_range(CpuIsa isa, const void* values, int64_t values_count, void* output,
                   int element_size, int64_t begin, int64_t end, int64_t first_rank,
                   uint64_t element_offset, const MaskKey& key) {
-  with_bits<Expand>(element_size, isa, values, values_count, output, begin, end, first_rank,
-                    element_offset, key);
+  visit_element_bits(element_size, [&](auto bits) {
+    using Bits = decltype(bits);
+    expand_typed(isa, static_cast<const Bits*>(values), values_count, static_cast<Bits*>(output),
+                 begin, end, first_rank, element_offset, key);
+  });
 }
 
 void compress_range(CpuIsa isa, const void* full, void* values, int64_t values_count,
                     int element_size, int64_t begin, int64_t end, int64_t first_rank,
                     uint64_t element_offset, const MaskKey& key) {
-  with_bits<Compress>(element_size, isa, full, values, values_count, begin, end, first_rank,
-                      element_offset, key);
+  visit_element_bits(element_size, [&](auto bits) {
+    using Bits = decltype(bits);
+    compress_typed(isa, static_cast<const Bits*>(full), static_cast<Bits*>(values), values_count,
+                   begin, end, first_rank, element_offset, key);
+  });
 }
 
 }  // namespace tinybig_cuda

@@ -10,7 +10,8 @@
 
 #include <cstdint>
 
-#include "masked_copy.h"
+#include "cpu/isa.h"
+#include "philox_mask.h"
 
 namespace tinybig_cuda {
 

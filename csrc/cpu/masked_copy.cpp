@@ -1,12 +1,11 @@
-#include "masked_copy.h"
+#include "cpu/masked_copy.h"
 
-#include <atomic>
-#include <stdexcept>
+#include "element_size.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "philox_avx2.h"
+#include "cpu/philox_avx2.h"
 #endif
 #if defined(__aarch64__)
 #include <arm_neon.h>
@@ -98,12 +97,10 @@ void masked_copy_vectorized(const Bits* input, Bits* output, int64_t begin, int6
 // The AVX-512 path arranges Philox as the AVX2 one does (philox_avx2.h), 16 elements to a vector.
 constexpr int kVectorsInFlight = 4;
 
-#define TINYBIG_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl")))
-
 constexpr int64_t kAvx512StepElements = kVectorsInFlight * 16;
 
 template <typename Bits>
-TINYBIG_AVX512 inline void store_kept_avx512(const Bits* input, Bits* output, __mmask16 keep) {
+TINYBIG_TARGET_AVX512 inline void store_kept_avx512(const Bits* input, Bits* output, __mmask16 keep) {
   if constexpr (sizeof(Bits) == 1) {
     _mm_storeu_si128(reinterpret_cast<__m128i*>(output), _mm_maskz_loadu_epi8(keep, input));
   } else if constexpr (sizeof(Bits) == 2) {
@@ -117,7 +114,7 @@ TINYBIG_AVX512 inline void store_kept_avx512(const Bits* input, Bits* output, __
 }
 
 template <typename Bits>
-TINYBIG_AVX512 void masked_copy_steps_avx512(const Bits* input, Bits* output, uint64_t first_block,
+TINYBIG_TARGET_AVX512 void masked_copy_steps_avx512(const Bits* input, Bits* output, uint64_t first_block,
                                              int64_t steps, const MaskKey& key) {
   const long long offset = static_cast<long long>(key.offset);
   const __m512i multipliers = _mm512_set_epi64(kPhiloxM1, kPhiloxM0, kPhiloxM1, kPhiloxM0,
@@ -157,7 +154,7 @@ TINYBIG_AVX512 void masked_copy_steps_avx512(const Bits* input, Bits* output, ui
 
 // AVX2 masks are vectors of all-ones or zero 32-bit lanes; narrow or widen them to the element.
 template <typename Bits>
-TINYBIG_AVX2 inline void store_kept_avx2(const Bits* input, Bits* output, __m256i keep) {
+TINYBIG_TARGET_AVX2 inline void store_kept_avx2(const Bits* input, Bits* output, __m256i keep) {
   if constexpr (sizeof(Bits) == 4) {
     const __m256i values = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(input));
     _mm256_storeu_si256(reinterpret_cast<__m256i*>(output), _mm256_and_si256(values, keep));
@@ -185,13 +182,13 @@ template <typename Bits>
 struct StoreKeptAvx2 {
   const Bits* input;
   Bits* output;
-  TINYBIG_AVX2 inline void operator()(int64_t element, __m256i keep) const {
+  TINYBIG_TARGET_AVX2 inline void operator()(int64_t element, __m256i keep) const {
     store_kept_avx2(input + element, output + element, keep);
   }
 };
 
 template <typename Bits>
-TINYBIG_AVX2 void masked_copy_steps_avx2(const Bits* input, Bits* output, uint64_t first_block,
+TINYBIG_TARGET_AVX2 void masked_copy_steps_avx2(const Bits* input, Bits* output, uint64_t first_block,
                                          int64_t steps, const MaskKey& key) {
   StoreKeptAvx2<Bits> store{input, output};
   philox_keep_steps_avx2(first_block, steps, key, store);
@@ -343,91 +340,15 @@ void masked_copy_with(CpuIsa isa, const Bits* input, Bits* output, int64_t begin
   }
 }
 
-std::atomic<CpuIsa> forced_isa{CpuIsa::kScalar};
-std::atomic<bool> isa_forced{false};
-
-CpuIsa best_supported_isa() {
-  CpuIsa best = CpuIsa::kScalar;
-  for (const CpuIsa isa : kAllCpuIsas) {
-    if (cpu_supports(isa)) best = isa;
-  }
-  return best;
-}
-
 }  // namespace
-
-const char* cpu_isa_name(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kScalar: return "scalar";
-    case CpuIsa::kAvx2: return "avx2";
-    case CpuIsa::kAvx512: return "avx512";
-    case CpuIsa::kNeon: return "neon";
-  }
-  return "unknown";
-}
-
-CpuIsa cpu_isa_from_name(const std::string& name) {
-  std::string names = "'auto'";
-  for (const CpuIsa isa : kAllCpuIsas) {
-    if (name == cpu_isa_name(isa)) return isa;
-    names += std::string(", '") + cpu_isa_name(isa) + "'";
-  }
-  throw std::invalid_argument("set_cpu_isa: expected name to be one of " + names + ", but got '" + name + "'");
-}
-
-bool cpu_supports(CpuIsa isa) {
-  switch (isa) {
-    case CpuIsa::kScalar:
-      return true;
-#if defined(__x86_64__)
-    case CpuIsa::kAvx2:
-      return __builtin_cpu_supports("avx2");
-    case CpuIsa::kAvx512:
-      return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-             __builtin_cpu_supports("avx512vl");
-#endif
-#if defined(__aarch64__)
-    case CpuIsa::kNeon:
-      return true;  // Advanced SIMD is part of every AArch64 CPU
-#endif
-    default:
-      return false;
-  }
-}
-
-CpuIsa active_cpu_isa() {
-  return isa_forced.load() ? forced_isa.load() : best_supported_isa();
-}
-
-void set_active_cpu_isa(CpuIsa isa) {
-  if (!cpu_supports(isa)) {
-    throw std::invalid_argument(std::string("this CPU does not support the '") +
-                                cpu_isa_name(isa) + "' path");
-  }
-  forced_isa.store(isa);
-  isa_forced.store(true);
-}
-
-void use_best_cpu_isa() { isa_forced.store(false); }
 
 void masked_copy_range(CpuIsa isa, const void* input, void* output, int element_size,
                        int64_t begin, int64_t end, uint64_t element_offset, const MaskKey& key) {
-  switch (element_size) {
-    case 1:
-      return masked_copy_with(isa, static_cast<const uint8_t*>(input), static_cast<uint8_t*>(output),
-                              begin, end, element_offset, key);
-    case 2:
-      return masked_copy_with(isa, static_cast<const uint16_t*>(input),
-                              static_cast<uint16_t*>(output), begin, end, element_offset, key);
-    case 4:
-      return masked_copy_with(isa, static_cast<const uint32_t*>(input),
-                              static_cast<uint32_t*>(output), begin, end, element_offset, key);
-    case 8:
-      return masked_copy_with(isa, static_cast<const uint64_t*>(input),
-                              static_cast<uint64_t*>(output), begin, end, element_offset, key);
-    default:
-      throw std::invalid_argument("masked_copy_range: element_size must be 1, 2, 4 or 8");
-  }
+  visit_element_bits(element_size, [&](auto bits) {
+    using Bits = decltype(bits);
+    masked_copy_with(isa, static_cast<const Bits*>(input), static_cast<Bits*>(output), begin, end,
+                     element_offset, key);
+  });
 }
 
 }  // namespace tinybig_cuda

@@ -9,9 +9,8 @@
 
 #include <cstdint>
 
-#include "../philox_mask.h"
-
-#define TINYBIG_AVX2 __attribute__((target("avx2,popcnt")))
+#include "cpu/isa.h"
+#include "philox_mask.h"
 
 namespace tinybig_cuda {
 
@@ -26,9 +25,9 @@ constexpr int kPhiloxShuffle = 0x1B;  // 32-bit lanes (3, 2, 1, 0) of each 128-b
 // For each of `steps` steps of kAvx2StepElements elements from block `first_block` on, calls
 // consume(element, keep) for its vectors in order: element counts from the first block's first
 // element, keep holds all-ones 32-bit lanes for the kept elements element..element+7, zero for
-// the dropped ones. Consume's call operator must be TINYBIG_AVX2 and inline.
+// the dropped ones. Consume's call operator must be TINYBIG_TARGET_AVX2 and inline.
 template <typename Consume>
-TINYBIG_AVX2 inline void philox_keep_steps_avx2(uint64_t first_block, int64_t steps, const MaskKey& key,
+TINYBIG_TARGET_AVX2 inline void philox_keep_steps_avx2(uint64_t first_block, int64_t steps, const MaskKey& key,
                                                 Consume& consume) {
   const long long offset = static_cast<long long>(key.offset);
   const __m256i multipliers = _mm256_set_epi64x(kPhiloxM1, kPhiloxM0, kPhiloxM1, kPhiloxM0);

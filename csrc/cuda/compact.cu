@@ -1,15 +1,12 @@
 // The compact ops' kernels: thin __global__ wrappers around the per-thread functions of
 // compact_body.h, and their launchers.
-#include <algorithm>
-
-#include "compact_body.h"
-#include "compact_cuda.h"
+#include "cuda/compact_body.h"
+#include "cuda/compact_launch.h"
+#include "cuda/launch.h"
+#include "element_size.h"
 
 namespace tinybig_cuda {
 namespace {
-
-constexpr int kThreadsPerBlock = 256;
-constexpr int kBlocksPerMultiprocessor = 8;  // the grid-stride loops cover any size
 
 struct Scratch {
   uint64_t* keep_bits;
@@ -21,9 +18,6 @@ Scratch split_scratch(int64_t* scratch, const ScanLayout& scan) {
   return Scratch{reinterpret_cast<uint64_t*>(scratch), scratch + scan.chunks,
                  scratch + 2 * scan.chunks};
 }
-
-__device__ uint64_t global_thread() { return static_cast<uint64_t>(blockIdx.x) * blockDim.x + threadIdx.x; }
-__device__ uint64_t global_thread_count() { return static_cast<uint64_t>(gridDim.x) * blockDim.x; }
 
 __global__ void __launch_bounds__(kThreadsPerBlock)
     count_chunks_kernel(CompactLayout layout, const int64_t* rng_state, uint64_t threshold,
@@ -48,70 +42,35 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 
 template <typename Bits>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    expand_kernel(CompactLayout layout, CompactArgs<Bits> args) {
+    expand_kernel(CompactLayout layout, ExpandArgs<Bits> args) {
   expand_thread(layout, args, global_thread(), global_thread_count());
 }
 
 template <typename Bits>
 __global__ void __launch_bounds__(kThreadsPerBlock)
-    compress_kernel(CompactLayout layout, CompactArgs<Bits> args) {
+    compress_kernel(CompactLayout layout, CompressArgs<Bits> args) {
   compress_thread(layout, args, global_thread(), global_thread_count());
-}
-
-// Blocks for a grid-stride loop over `items`: enough to fill the GPU, no more than needed.
-cudaError_t blocks_for(uint64_t items, int device, unsigned* blocks) {
-  int multiprocessors = 0;
-  const cudaError_t status = cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
-  if (status != cudaSuccess) return status;
-  const uint64_t needed = (items + kThreadsPerBlock - 1) / kThreadsPerBlock;
-  *blocks = static_cast<unsigned>(std::min<uint64_t>(
-      std::max<uint64_t>(needed, 1), static_cast<uint64_t>(multiprocessors) * kBlocksPerMultiprocessor));
-  return cudaSuccess;
 }
 
 cudaError_t launch_segment_offsets(const ScanLayout& scan, const Scratch& scratch, int device,
                                    cudaStream_t stream) {
   unsigned blocks = 0;
-  cudaError_t status = blocks_for(scan.segments, device, &blocks);
+  cudaError_t status = grid_stride_blocks(scan.segments, device, &blocks);
   if (status != cudaSuccess) return status;
   segment_offsets_kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(scan, scratch.chunk_counts, scratch.segment_sums);
   return cudaGetLastError();
 }
 
-template <typename Bits>
-cudaError_t launch_scatter_or_gather(bool expand, const void* values, void* values_out,
-                                     int64_t values_count, const void* full_in, void* full_out,
-                                     int64_t numel, uint64_t element_offset, int64_t* scratch_words,
-                                     int device, cudaStream_t stream) {
-  const CompactLayout layout{numel, element_offset};
-  const ScanLayout scan = scan_layout(chunk_count(layout));
-  const Scratch scratch = split_scratch(scratch_words, scan);
-  cudaError_t status = launch_segment_offsets(scan, scratch, device, stream);
+// Kernel 4 on the scratch that launch_compact_count_cuda filled; returns the layout and the scratch
+// that kernel 5 reads.
+cudaError_t prepare_ranks(int64_t numel, uint64_t element_offset, int64_t* scratch_words, int device,
+                          cudaStream_t stream, CompactLayout* layout, Scratch* scratch, unsigned* blocks) {
+  *layout = CompactLayout{numel, element_offset};
+  const ScanLayout scan = scan_layout(chunk_count(*layout));
+  *scratch = split_scratch(scratch_words, scan);
+  const cudaError_t status = launch_segment_offsets(scan, *scratch, device, stream);
   if (status != cudaSuccess) return status;
-  const void* full = expand ? static_cast<const void*>(full_out) : full_in;
-  const CompactArgs<Bits> args{static_cast<const Bits*>(values), static_cast<Bits*>(values_out),
-                               values_count, static_cast<const Bits*>(full_in),
-                               static_cast<Bits*>(full_out), scratch.keep_bits,
-                               scratch.chunk_counts, chunks_are_aligned<Bits>(full, element_offset)};
-  unsigned blocks = 0;
-  status = blocks_for(scan.chunks, device, &blocks);
-  if (status != cudaSuccess) return status;
-  if (expand) {
-    expand_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
-  } else {
-    compress_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
-  }
-  return cudaGetLastError();
-}
-
-template <typename... Args>
-cudaError_t dispatch_element_size(int element_size, Args... args) {
-  switch (element_size) {
-    case 2: return launch_scatter_or_gather<uint16_t>(args...);
-    case 4: return launch_scatter_or_gather<uint32_t>(args...);
-    case 8: return launch_scatter_or_gather<uint64_t>(args...);
-    default: return cudaErrorInvalidValue;
-  }
+  return grid_stride_blocks(scan.chunks, device, blocks);
 }
 
 }  // namespace
@@ -129,12 +88,12 @@ cudaError_t launch_compact_count_cuda(int64_t numel, uint64_t element_offset,
   const ScanLayout scan = scan_layout(chunk_count(layout));
   const Scratch scratch = split_scratch(scratch_words, scan);
   unsigned blocks = 0;
-  cudaError_t status = blocks_for(scan.chunks, device, &blocks);
+  cudaError_t status = grid_stride_blocks(scan.chunks, device, &blocks);
   if (status != cudaSuccess) return status;
   count_chunks_kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(layout, rng_state, threshold,
                                                                scratch.keep_bits, scratch.chunk_counts);
   if ((status = cudaGetLastError()) != cudaSuccess) return status;
-  if ((status = blocks_for(scan.segments, device, &blocks)) != cudaSuccess) return status;
+  if ((status = grid_stride_blocks(scan.segments, device, &blocks)) != cudaSuccess) return status;
   sum_segments_kernel<<<blocks, kThreadsPerBlock, 0, stream>>>(scan, scratch.chunk_counts, scratch.segment_sums);
   if ((status = cudaGetLastError()) != cudaSuccess) return status;
   scan_segments_kernel<<<1, 1, 0, stream>>>(scan, scratch.segment_sums, total);
@@ -155,18 +114,40 @@ cudaError_t read_compact_total_cuda(const int64_t* total, int64_t* host_total, b
 
 cudaError_t launch_compact_expand_cuda(const void* values, int64_t values_count, void* full,
                                        int element_size, int64_t numel, uint64_t element_offset,
-                                       int64_t* scratch, int device, cudaStream_t stream) {
-  return dispatch_element_size(element_size, true, values, static_cast<void*>(nullptr), values_count,
-                               static_cast<const void*>(nullptr), full, numel, element_offset,
-                               scratch, device, stream);
+                                       int64_t* scratch_words, int device, cudaStream_t stream) {
+  CompactLayout layout;
+  Scratch scratch;
+  unsigned blocks = 0;
+  const cudaError_t status =
+      prepare_ranks(numel, element_offset, scratch_words, device, stream, &layout, &scratch, &blocks);
+  if (status != cudaSuccess) return status;
+  return visit_element_bits(element_size, [&](auto bits) {
+    using Bits = decltype(bits);
+    const ExpandArgs<Bits> args{static_cast<const Bits*>(values), values_count, static_cast<Bits*>(full),
+                                scratch.keep_bits, scratch.chunk_counts,
+                                chunks_are_aligned<Bits>(full, element_offset)};
+    expand_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
+    return cudaGetLastError();
+  });
 }
 
 cudaError_t launch_compact_compress_cuda(const void* full, void* values, int64_t values_count,
                                          int element_size, int64_t numel, uint64_t element_offset,
-                                         int64_t* scratch, int device, cudaStream_t stream) {
-  return dispatch_element_size(element_size, false, static_cast<const void*>(nullptr), values,
-                               values_count, full, static_cast<void*>(nullptr), numel,
-                               element_offset, scratch, device, stream);
+                                         int64_t* scratch_words, int device, cudaStream_t stream) {
+  CompactLayout layout;
+  Scratch scratch;
+  unsigned blocks = 0;
+  const cudaError_t status =
+      prepare_ranks(numel, element_offset, scratch_words, device, stream, &layout, &scratch, &blocks);
+  if (status != cudaSuccess) return status;
+  return visit_element_bits(element_size, [&](auto bits) {
+    using Bits = decltype(bits);
+    const CompressArgs<Bits> args{static_cast<const Bits*>(full), static_cast<Bits*>(values), values_count,
+                                  scratch.keep_bits, scratch.chunk_counts,
+                                  chunks_are_aligned<Bits>(full, element_offset)};
+    compress_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
+    return cudaGetLastError();
+  });
 }
 
 }  // namespace tinybig_cuda

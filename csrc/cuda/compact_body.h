@@ -19,8 +19,8 @@
 
 #include <cstdint>
 
-#include "../philox_mask.h"
-#include "masked_copy_body.h"
+#include "philox_mask.h"
+#include "cuda/masked_copy_body.h"
 
 namespace tinybig_cuda {
 
@@ -158,12 +158,20 @@ TINYBIG_HOST_DEVICE void segment_offsets_thread(const ScanLayout& scan, int64_t*
 // ---------------------------------------------------------------- kernel 5: scatter and gather
 
 template <typename Bits>
-struct CompactArgs {
-  const Bits* values_in;      // expand: the compact values
-  Bits* values_out;           // compress: the compact values
-  int64_t values_count;       // their length: ranks at or past it are never read or written
-  const Bits* full_in;        // compress: the full matrix, contiguous
-  Bits* full_out;             // expand: the full matrix, contiguous
+struct ExpandArgs {
+  const Bits* values;         // the compact values
+  int64_t values_count;       // their length: ranks at or past it are never read
+  Bits* full;                 // the full matrix, contiguous
+  const uint64_t* keep_bits;  // from kernel 1
+  const int64_t* chunk_ranks; // from kernel 4
+  bool vectorized;            // the full matrix is 16-byte aligned at every chunk boundary
+};
+
+template <typename Bits>
+struct CompressArgs {
+  const Bits* full;           // the full matrix, contiguous
+  Bits* values;               // the compact values
+  int64_t values_count;       // their length: ranks at or past it are never written
   const uint64_t* keep_bits;  // from kernel 1
   const int64_t* chunk_ranks; // from kernel 4
   bool vectorized;            // the full matrix is 16-byte aligned at every chunk boundary
@@ -183,21 +191,21 @@ TINYBIG_HOST_DEVICE bool chunk_is_whole(const CompactLayout& layout, uint64_t be
 
 // One chunk of expand: its 64 output elements in order, each either the next value or zero bits.
 template <typename Bits>
-TINYBIG_HOST_DEVICE void expand_chunk(const CompactLayout& layout, const CompactArgs<Bits>& args,
+TINYBIG_HOST_DEVICE void expand_chunk(const CompactLayout& layout, const ExpandArgs<Bits>& args,
                                       uint64_t chunk) {
   constexpr int kLanes = kVectorBytes / sizeof(Bits);
   const uint64_t bits = args.keep_bits[chunk];
   int64_t rank = args.chunk_ranks[chunk];
   const uint64_t begin = chunk_begin(layout, chunk);
   if (args.vectorized && chunk_is_whole(layout, begin)) {
-    Bits* out = args.full_out + (begin - layout.element_offset);
+    Bits* out = args.full + (begin - layout.element_offset);
 TINYBIG_UNROLL
     for (int v = 0; v < kChunkElements / kLanes; ++v) {
       Vector<Bits> vector;
 TINYBIG_UNROLL
       for (int lane = 0; lane < kLanes; ++lane) {
         const bool kept = (bits >> (v * kLanes + lane)) & 1;
-        vector.lane[lane] = kept && rank < args.values_count ? args.values_in[rank] : Bits(0);
+        vector.lane[lane] = kept && rank < args.values_count ? args.values[rank] : Bits(0);
         rank += kept;
       }
       store_vector(out + v * kLanes, vector);
@@ -209,29 +217,29 @@ TINYBIG_UNROLL
     const uint64_t global = begin + e;
     if (global < layout.element_offset || global >= end) continue;
     const bool kept = (bits >> e) & 1;
-    args.full_out[global - layout.element_offset] =
-        kept && rank < args.values_count ? args.values_in[rank] : Bits(0);
+    args.full[global - layout.element_offset] =
+        kept && rank < args.values_count ? args.values[rank] : Bits(0);
     rank += kept;
   }
 }
 
 // One chunk of compress: its kept elements, in order, to values[rank...].
 template <typename Bits>
-TINYBIG_HOST_DEVICE void compress_chunk(const CompactLayout& layout, const CompactArgs<Bits>& args,
+TINYBIG_HOST_DEVICE void compress_chunk(const CompactLayout& layout, const CompressArgs<Bits>& args,
                                         uint64_t chunk) {
   constexpr int kLanes = kVectorBytes / sizeof(Bits);
   uint64_t bits = args.keep_bits[chunk];
   int64_t rank = args.chunk_ranks[chunk];
   const uint64_t begin = chunk_begin(layout, chunk);
   if (args.vectorized && chunk_is_whole(layout, begin)) {
-    const Bits* in = args.full_in + (begin - layout.element_offset);
+    const Bits* in = args.full + (begin - layout.element_offset);
 TINYBIG_UNROLL
     for (int v = 0; v < kChunkElements / kLanes; ++v) {
       const Vector<Bits> vector = load_vector(in + v * kLanes);
 TINYBIG_UNROLL
       for (int lane = 0; lane < kLanes; ++lane) {
         if ((bits >> (v * kLanes + lane)) & 1) {
-          if (rank < args.values_count) args.values_out[rank] = vector.lane[lane];
+          if (rank < args.values_count) args.values[rank] = vector.lane[lane];
           ++rank;
         }
       }
@@ -243,21 +251,21 @@ TINYBIG_UNROLL
     const int e = popcount64((bits & (~bits + 1)) - 1);  // index of the lowest set bit
     bits &= bits - 1;
     if (rank < args.values_count) {
-      args.values_out[rank] = args.full_in[begin + e - layout.element_offset];
+      args.values[rank] = args.full[begin + e - layout.element_offset];
     }
     ++rank;
   }
 }
 
 template <typename Bits>
-TINYBIG_HOST_DEVICE void expand_thread(const CompactLayout& layout, const CompactArgs<Bits>& args,
+TINYBIG_HOST_DEVICE void expand_thread(const CompactLayout& layout, const ExpandArgs<Bits>& args,
                                        uint64_t thread, uint64_t thread_count) {
   const uint64_t chunks = chunk_count(layout);
   for (uint64_t c = thread; c < chunks; c += thread_count) expand_chunk(layout, args, c);
 }
 
 template <typename Bits>
-TINYBIG_HOST_DEVICE void compress_thread(const CompactLayout& layout, const CompactArgs<Bits>& args,
+TINYBIG_HOST_DEVICE void compress_thread(const CompactLayout& layout, const CompressArgs<Bits>& args,
                                          uint64_t thread, uint64_t thread_count) {
   const uint64_t chunks = chunk_count(layout);
   for (uint64_t c = thread; c < chunks; c += thread_count) compress_chunk(layout, args, c);

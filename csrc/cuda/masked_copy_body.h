@@ -5,7 +5,7 @@
 #include <cstdint>
 #include <cstring>
 
-#include "../philox_mask.h"
+#include "philox_mask.h"
 
 namespace tinybig_cuda {
 

@@ -111,7 +111,7 @@ void check_shard(Coverage& coverage, int64_t numel, uint64_t element_offset, con
 
       // Expand.
       std::fill(storage.front().lane, storage.front().lane + storage_elements, kSentinel);
-      CompactArgs<Bits> expand{values.data(), nullptr, kept, nullptr, view,
+      ExpandArgs<Bits> expand{values.data(), kept, view,
                                scratch.keep_bits.data(), scratch.chunk_counts.data(), vectorized};
       for (uint64_t t = 0; t < threads; ++t) expand_thread(layout, expand, t, threads);
       CHECK(test::same_bytes(view, expected_full.data(), numel * sizeof(Bits)),
@@ -124,7 +124,7 @@ void check_shard(Coverage& coverage, int64_t numel, uint64_t element_offset, con
       // Compress, from the same view filled with the matrix.
       std::memcpy(view, full.data(), numel * sizeof(Bits));
       std::vector<Bits> out(kept + 2 * kGuard, kSentinel);
-      CompactArgs<Bits> compress{nullptr, out.data() + kGuard, kept, view, nullptr,
+      CompressArgs<Bits> compress{view, out.data() + kGuard, kept,
                                  scratch.keep_bits.data(), scratch.chunk_counts.data(), vectorized};
       for (uint64_t t = 0; t < threads; ++t) compress_thread(layout, compress, t, threads);
       CHECK(test::same_bytes(out.data() + kGuard, expected_values.data(), kept * sizeof(Bits)),
@@ -144,7 +144,7 @@ void check_shard(Coverage& coverage, int64_t numel, uint64_t element_offset, con
         std::fill(storage.front().lane, storage.front().lane + storage_elements, kSentinel);
         std::vector<Bits> short_values(values.begin(), values.begin() + short_count);
         short_values.push_back(kSentinel);  // must never be read
-        CompactArgs<Bits> short_expand{short_values.data(), nullptr, short_count, nullptr, view,
+        ExpandArgs<Bits> short_expand{short_values.data(), short_count, view,
                                        scratch.keep_bits.data(), scratch.chunk_counts.data(), vectorized};
         for (uint64_t t = 0; t < threads; ++t) expand_thread(layout, short_expand, t, threads);
         bool clamped = true;
@@ -159,7 +159,7 @@ void check_shard(Coverage& coverage, int64_t numel, uint64_t element_offset, con
 
         std::memcpy(view, full.data(), numel * sizeof(Bits));
         std::vector<Bits> short_out(short_count + kGuard, kSentinel);
-        CompactArgs<Bits> short_compress{nullptr, short_out.data(), short_count, view, nullptr,
+        CompressArgs<Bits> short_compress{view, short_out.data(), short_count,
                                          scratch.keep_bits.data(), scratch.chunk_counts.data(), vectorized};
         for (uint64_t t = 0; t < threads; ++t) compress_thread(layout, short_compress, t, threads);
         bool tail_untouched = true;

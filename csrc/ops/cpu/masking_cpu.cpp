@@ -1,4 +1,4 @@
-// CPU kernels of the tinybig_cuda ops: the masked copy of masked_copy.cpp, split over threads.
+// The CPU kernel of the masking ops: the masked copy of masked_copy.cpp, split over threads.
 #include <ATen/Parallel.h>
 #include <ATen/TensorIterator.h>
 #include <torch/library.h>
@@ -6,9 +6,10 @@
 #include <algorithm>
 #include <cstring>
 
-#include "../mask_op.h"
-#include "cpu_op_helpers.h"
-#include "masked_copy.h"
+#include "ops/cpu/mask_key.h"
+#include "cpu/masked_copy.h"
+#include "element_size.h"
+#include "ops/masking.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -19,19 +20,12 @@ constexpr int64_t kElementsPerTask = 1 << 15;
 // 8 bytes), which the contiguous masked copy then reads while it is in L1.
 constexpr int64_t kGatherElements = 512;
 
-template <typename Bits>
-void gather(const char* input, int64_t input_stride, int64_t count, char* buffer) {
-  Bits* out = reinterpret_cast<Bits*>(buffer);
-  for (int64_t i = 0; i < count; ++i) std::memcpy(out + i, input + i * input_stride, sizeof(Bits));
-}
-
 void gather(const char* input, int64_t input_stride, int element_size, int64_t count, char* buffer) {
-  switch (element_size) {
-    case 1: return gather<uint8_t>(input, input_stride, count, buffer);
-    case 2: return gather<uint16_t>(input, input_stride, count, buffer);
-    case 4: return gather<uint32_t>(input, input_stride, count, buffer);
-    default: return gather<uint64_t>(input, input_stride, count, buffer);
-  }
+  visit_element_bits(element_size, [&](auto bits) {
+    using Bits = decltype(bits);
+    Bits* out = reinterpret_cast<Bits*>(buffer);
+    for (int64_t i = 0; i < count; ++i) std::memcpy(out + i, input + i * input_stride, sizeof(Bits));
+  });
 }
 
 // Masks `count` elements whose input lies `input_stride` bytes apart into contiguous output, the
@@ -101,6 +95,6 @@ void masked_copy_cpu(const at::Tensor& input, at::Tensor& output, double p,
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tinybig_cuda, CPU, m) { register_masking_ops<masked_copy_cpu>(m); }
+TORCH_LIBRARY_IMPL(tinybig_cuda, CPU, m) { register_masking_ops(m, {masked_copy_cpu}); }
 
 }  // namespace tinybig_cuda

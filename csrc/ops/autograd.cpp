@@ -12,9 +12,9 @@
 #include <torch/csrc/autograd/functions/utils.h>
 #include <torch/library.h>
 
-#include "autograd.h"
+#include "ops/autograd.h"
 
-#include "op_handles.h"
+#include "ops/op_handles.h"
 
 namespace tinybig_cuda {
 namespace {

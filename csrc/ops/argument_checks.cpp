@@ -1,4 +1,4 @@
-#include "argument_checks.h"
+#include "ops/argument_checks.h"
 
 #include <c10/util/irange.h>
 

@@ -1,11 +1,12 @@
-// CUDA registrations of the tinybig_cuda ops: device guard, stream, launch, error check.
+// The CUDA kernel of the masking ops: device guard, stream, launch, error check.
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "../mask_op.h"
-#include "masked_copy_cuda.h"
+#include "cuda/masked_copy_launch.h"
+#include "ops/masking.h"
+#include "philox_mask.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -22,6 +23,6 @@ void masked_copy_cuda(const at::Tensor& strided_input, at::Tensor& output, doubl
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tinybig_cuda, CUDA, m) { register_masking_ops<masked_copy_cuda>(m); }
+TORCH_LIBRARY_IMPL(tinybig_cuda, CUDA, m) { register_masking_ops(m, {masked_copy_cuda}); }
 
 }  // namespace tinybig_cuda

@@ -1,11 +1,11 @@
-// Host-side helpers shared by the CPU registrations of the masking and compact ops.
+// The mask key of a CPU op call, shared by the CPU kernels of the masking and compact ops.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
 
-#include "../philox_mask.h"
+#include "philox_mask.h"
 
 namespace tinybig_cuda {
 

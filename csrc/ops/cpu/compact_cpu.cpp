@@ -7,7 +7,6 @@
 // tensor's address or version), so every later call on the same mask -- a training loop's
 // forward and backward -- is that single pass.
 #include <ATen/Parallel.h>
-#include <ATen/ops/empty.h>
 #include <torch/library.h>
 
 #include <atomic>
@@ -21,11 +20,9 @@
 #include <pthread.h>
 #endif
 
-#include "../argument_checks.h"
-#include "../compact_op.h"
-#include "compact_ranges.h"
-#include "cpu_op_helpers.h"
-#include "output_cache.h"
+#include "cpu/compact_ranges.h"
+#include "ops/cpu/mask_key.h"
+#include "ops/compact.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -163,8 +160,8 @@ int64_t count_kept_uncached(CpuIsa isa, int64_t numel, uint64_t element_offset, 
       [](int64_t a, int64_t b) { return a + b; });
 }
 
-at::Tensor count_cpu(int64_t numel, double p, const at::Tensor& rng_state, int64_t element_offset) {
-  check_count_arguments(numel, p, rng_state, element_offset);
+void count_cpu(int64_t numel, double p, const at::Tensor& rng_state, uint64_t element_offset,
+               at::Tensor& count) {
   const MaskKey key = cpu_mask_key(rng_state, p);
   const CpuIsa isa = active_cpu_isa();
   KeptCount kept{0, 0};
@@ -173,21 +170,17 @@ at::Tensor count_cpu(int64_t numel, double p, const at::Tensor& rng_state, int64
   } else {
     kept = KeptCount::exactly(count_kept_uncached(isa, numel, element_offset, key));
   }
-  at::Tensor count = at::empty({}, rng_state.options());
   *count.mutable_data_ptr<int64_t>() = kept.at_least;
-  return count;
 }
 
-at::Tensor expand_cpu(const at::Tensor& values, double p, const at::Tensor& rng_state,
-                      at::IntArrayRef shape, int64_t element_offset) {
-  const int64_t numel = check_expand_arguments(values, p, rng_state, shape, element_offset);
-  // Allocated before counting: a size no memory can hold fails here, at once.
-  at::Tensor full = empty_output(shape, values.options());
+void expand_cpu(const at::Tensor& values, at::Tensor& full, double p, const at::Tensor& rng_state,
+                uint64_t element_offset) {
   const MaskKey key = cpu_mask_key(rng_state, p);
   const CpuIsa isa = active_cpu_isa();
+  const int64_t numel = full.numel();
   KeptCount kept{0, 0};
   const FirstRanks first_rank = chunk_first_ranks(isa, numel, element_offset, key, values.numel(), &kept);
-  check_values_match_mask(values, kept, shape);
+  check_values_match_mask(values, kept, full.sizes());
 
   const at::Tensor compact = values.contiguous();
   const void* in = compact.const_data_ptr();
@@ -199,20 +192,18 @@ at::Tensor expand_cpu(const at::Tensor& values, double p, const at::Tensor& rng_
                    chunk_end(c, numel), (*first_rank)[c], element_offset, key);
     }
   });
-  return full;
 }
 
-at::Tensor compress_cpu(const at::Tensor& full, double p, const at::Tensor& rng_state,
-                        int64_t kept_count, int64_t element_offset) {
-  check_compress_arguments(full, p, rng_state, kept_count, element_offset);
+void compress_cpu(const at::Tensor& full, at::Tensor& values, double p, const at::Tensor& rng_state,
+                  uint64_t element_offset) {
   const MaskKey key = cpu_mask_key(rng_state, p);
   const CpuIsa isa = active_cpu_isa();
   const int64_t numel = full.numel();
+  const int64_t kept_count = values.numel();
   KeptCount kept{0, 0};
   const FirstRanks first_rank = chunk_first_ranks(isa, numel, element_offset, key, kept_count, &kept);
   check_kept_count_matches_mask(kept_count, kept, full);
 
-  at::Tensor values = empty_output({kept_count}, full.options());
   const at::Tensor source = full.contiguous();  // element k of the flat source is logical element k
   const void* in = source.const_data_ptr();
   void* out = values.mutable_data_ptr();
@@ -223,15 +214,10 @@ at::Tensor compress_cpu(const at::Tensor& full, double p, const at::Tensor& rng_
                      chunk_end(c, numel), (*first_rank)[c], element_offset, key);
     }
   });
-  return values;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(tinybig_cuda, CPU, m) {
-  m.impl("bernoulli_mask_count", count_cpu);
-  m.impl("bernoulli_mask_expand", expand_cpu);
-  m.impl("bernoulli_mask_compress", compress_cpu);
-}
+TORCH_LIBRARY_IMPL(tinybig_cuda, CPU, m) { register_compact_ops(m, {count_cpu, expand_cpu, compress_cpu}); }
 
 }  // namespace tinybig_cuda

@@ -1,4 +1,4 @@
-#include "output_cache.h"
+#include "ops/output_memory.h"
 
 #include <ATen/EmptyTensor.h>
 #include <ATen/ops/empty.h>

@@ -1,4 +1,4 @@
-#include "module_calls.h"
+#include "ops/fabrication.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
@@ -9,8 +9,8 @@
 #include <limits>
 #include <mutex>
 
-#include "autograd.h"
-#include "op_handles.h"
+#include "ops/autograd.h"
+#include "ops/op_handles.h"
 
 namespace tinybig_cuda {
 

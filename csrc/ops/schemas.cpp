@@ -1,0 +1,20 @@
+// The schemas of the tinybig_cuda ops: their one declaration. The kernels are registered per
+// device (cpu/, cuda/, ops/fallback_kernels.cpp), autograd in ops/autograd.cpp, and the fake
+// kernels torch.compile traces with in tinybig_cuda/ops.py and compact.py.
+#include <torch/library.h>
+
+TORCH_LIBRARY(tinybig_cuda, m) {
+  // rng_state is a tensor, not an int, so torch.compile does not specialise on the seed and a
+  // CUDA graph replay reads whatever state was last written into it.
+  // SymInt sizes, counts and offsets let torch.compile keep them symbolic instead of recompiling
+  // for each value; the kernels take them as plain integers.
+  m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
+  m.def("bernoulli_mask(SymInt[] shape, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
+  // Compact parameters (only the kept entries stored): the mask's kept count, and the scatter and
+  // gather between the kept values (in row-major order) and the full matrix, each the other's
+  // adjoint. kept_count is an argument, not read from the mask, so compress's output shape is
+  // known without running it; the kernels refuse a count that is not the mask's.
+  m.def("bernoulli_mask_count(SymInt numel, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
+  m.def("bernoulli_mask_expand(Tensor values, float p, Tensor rng_state, SymInt[] shape, SymInt element_offset=0) -> Tensor");
+  m.def("bernoulli_mask_compress(Tensor full, float p, Tensor rng_state, SymInt kept_count, SymInt element_offset=0) -> Tensor");
+}

@@ -1,0 +1,74 @@
+// tinybig_cuda._C: the Python-side controls of the op library (which it links, and so loads):
+// CPU instruction-set selection, the output cache, the module's one-trip eager call, build facts.
+// The ops themselves are in the op library, registered in torch.ops.tinybig_cuda, and need no
+// Python (csrc/ops, csrc/cpu, csrc/cuda).
+#include <pybind11/pybind11.h>
+#include <pybind11/stl.h>
+#include <torch/csrc/utils/pybind.h>
+
+#include <array>
+#include <map>
+#include <string>
+#include <vector>
+
+#include "cpu/isa.h"
+#include "ops/argument_checks.h"
+#include "ops/fabrication.h"
+#include "ops/output_memory.h"
+#include "philox_mask.h"
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
+  namespace tc = tinybig_cuda;
+  module.doc() = "tinybig_cuda's compiled ops (registered in torch.ops.tinybig_cuda) and CPU ISA control.";
+  module.def("philox4x32_10",
+             [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
+               const tc::PhiloxWords words = tc::philox4x32_10(counter[0], counter[1], counter[2],
+                                                               counter[3], key[0], key[1]);
+               return std::array<uint32_t, 4>{words.word[0], words.word[1], words.word[2], words.word[3]};
+             },
+             "Philox4x32-10 of the compiled header, for known-answer tests.");
+  module.def("cpu_isa", [] { return tc::cpu_isa_name(tc::active_cpu_isa()); },
+             "The instruction set the CPU kernel uses now.");
+  module.def("supported_cpu_isas", [] {
+        std::vector<std::string> names;
+        for (const tc::CpuIsa isa : tc::kAllCpuIsas) {
+          if (tc::cpu_supports(isa)) names.emplace_back(tc::cpu_isa_name(isa));
+        }
+        return names;
+      },
+      "The instruction sets this CPU runs, slowest first; each gives the same bits.");
+  module.def("set_cpu_isa",
+             [](const std::string& name) {
+               if (name == "auto") return tc::use_best_cpu_isa();
+               tc::set_active_cpu_isa(tc::cpu_isa_from_name(name));
+             },
+             "Forces the CPU kernel onto one instruction set (for tests and benchmarks); 'auto' "
+             "returns to the fastest supported one.");
+  module.def("output_cache_info", [] {
+        const tc::OutputCacheInfo info = tc::output_cache_info();
+        return std::map<std::string, int64_t>{{"limit_bytes", info.limit_bytes},
+                                              {"cached_bytes", info.cached_bytes},
+                                              {"cached_blocks", info.cached_blocks},
+                                              {"hits", info.hits},
+                                              {"misses", info.misses}};
+      },
+      "The CPU output cache's limit, what it holds, and its hits and misses so far.");
+  module.def("set_output_cache_limit", &tc::set_output_cache_limit,
+             "Caches at most this many bytes of freed CPU outputs (0: none), freeing the rest.");
+  module.def("empty_output_cache", &tc::empty_output_cache,
+             "Frees every cached CPU output block.");
+  module.def("draw_rng_state", &tc::draw_rng_state,
+             "A fresh int64 [seed, offset] on the device, from torch's default generator for it.");
+  module.def("masked_fabrication", &tc::masked_fabrication,
+             "masking_reconciliation's eager call in one trip into C++: (the (n, D) matrix, the state "
+             "it used: rng_state on w's device, or a fresh one when rng_state is None).");
+  module.attr("MAX_COMPACT_ELEMENTS") = tc::kMaxCompactElements;
+  module.def("has_cuda_kernels", [] {
+#ifdef TINYBIG_WITH_CUDA
+        return true;
+#else
+        return false;
+#endif
+      },
+      "Whether this build compiled the CUDA kernels.");
+}
