@@ -211,6 +211,23 @@ class Snapshot:
                 assert torch.equal(tensor.detach(), copy)
 
 
+def contract_table(heading):
+    """The rows of the first table under `heading` in docs/contract.md, as lists of cell texts
+    (header and backquotes dropped): the contract's known answers, read where they are written."""
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "contract.md").read_text().splitlines()
+    start = lines.index(heading) + 1
+    rows = []
+    for line in lines[start:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("|"):
+            rows.append([cell.strip().strip("`") for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    assert len(rows) > 2, f"no table under {heading!r} in docs/contract.md"
+    return rows[2:]  # after the header and its |---| line
+
+
 def error_pattern(argument, expected, got):
     """A regex for pytest.raises(match=...) that needs the message to name `argument`, and to
     contain the `expected` and `got` regexes, in any order."""

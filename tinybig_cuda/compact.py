@@ -1,8 +1,8 @@
 """Compact parameters: store only the entries a fixed mask keeps.
 
-A mask that is a pure function of ``rng_state`` (DESIGN.md §2) lets a model keep just the ``K``
-entries it keeps out of an ``(n, D)`` matrix, in row-major order, and fabricate the full matrix
-when it is used. These are the typed entry points of the three compiled ops that make that work,
+A mask that is a pure function of ``rng_state`` (docs/contract.md, 'Mask definition') lets a
+model keep just the ``K`` entries it keeps out of an ``(n, D)`` matrix, in row-major order, and
+fabricate the full matrix when it is used (docs/contract.md, 'Compact parameters'). These are the typed entry points of the three compiled ops that make that work,
 with their fake kernels (their autograd is in csrc/autograd.cpp):
 
     bernoulli_mask_count(numel, p, rng_state)           K, as an int64 tensor on rng_state's device

@@ -25,8 +25,8 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     """Masks `w` with a Bernoulli(p) keep-mask generated on the fly from `rng_state`.
 
     Element i of `w` (its row-major flat index, whatever its strides) is kept iff Philox word
-    ``element_offset + i`` is below ``floor(p * 2**32)`` (DESIGN.md §2); kept elements are copied,
-    dropped ones are written as +0.0. Nothing is rescaled. Differentiable in `w`: the backward
+    ``element_offset + i`` is below ``floor(p * 2**32)`` (docs/contract.md, 'Mask definition');
+    kept elements are copied, dropped ones are written as +0.0. Nothing is rescaled. Differentiable in `w`: the backward
     regenerates the mask from the saved 16-byte `rng_state` instead of storing it.
 
     Args:
