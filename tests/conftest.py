@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinybig_cuda._arguments import MASKABLE_DTYPES
+
 CUDA_AVAILABLE = torch.cuda.is_available()
 
 # 'cpu' always; 'cuda' only where a GPU is visible.
@@ -21,18 +23,15 @@ DEVICES = [
     pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device")),
 ]
 
-# Every dtype the op masks (DESIGN.md §3).
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-DTYPE_IDS = ["float32", "float64", "float16", "bfloat16"]
+# Every dtype the ops mask: the package's one table (docs/contract.md, 'Dtypes').
+DTYPES = list(MASKABLE_DTYPES)
+DTYPE_IDS = [str(dtype).replace("torch.", "") for dtype in DTYPES]
 
-# Same-width integer dtype of each masked dtype: the view tensors are compared through.
-BITS_DTYPE = {
-    torch.float32: torch.int32,
-    torch.float64: torch.int64,
-    torch.float16: torch.int16,
-    torch.bfloat16: torch.int16,
-    torch.bool: torch.bool,
-}
+# Same-width integer dtype of each masked dtype: the view tensors are compared through. Bool masks
+# and int64 counts are compared as they are.
+_INTEGER_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+BITS_DTYPE = {dtype: _INTEGER_OF_SIZE[dtype.itemsize] for dtype in DTYPES}
+BITS_DTYPE.update({torch.bool: torch.bool, torch.int64: torch.int64})
 
 # dtypes the op must reject, with the names C++ (c10) and Python give them.
 BAD_W_DTYPES = {

@@ -129,7 +129,7 @@ def _(numel, p, rng_state, element_offset=0):
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_expand")
 def _(values, p, rng_state, shape, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_expand"
-    arguments.fake_check_dtype(op, "values", values)
+    arguments.check_maskable_dtype(op, "values", values)
     torch._check_value(
         values.dim() == 1,
         lambda: f"{op}: expected values to be 1-D (the kept entries in row-major order), but got shape {list(values.shape)}",
@@ -149,7 +149,7 @@ def _(values, p, rng_state, shape, element_offset=0):
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_compress")
 def _(full, p, rng_state, kept_count, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_compress"
-    arguments.fake_check_dtype(op, "full", full)
+    arguments.check_maskable_dtype(op, "full", full)
     torch._check_value(kept_count >= 0, lambda: f"{op}: expected kept_count >= 0, but got {kept_count}")
     torch._check_value(
         kept_count <= full.numel(),

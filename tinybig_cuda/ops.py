@@ -64,15 +64,12 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
     return torch.ops.tinybig_cuda.bernoulli_mask.default(shape, p, rng_state, element_offset)
 
 
-_MASKABLE_DTYPES = arguments.MASKABLE_DTYPES
-
-
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply")
 def _(w, p, rng_state, element_offset=0):
     # The same checks as the kernels (tinybig_cuda/_arguments.py): the fakes also run where no
     # real kernel would (a meta rng_state beside a CPU w dispatches here).
     op = "tinybig_cuda.bernoulli_mask_apply"
-    arguments.fake_check_dtype(op, "w", w)
+    arguments.check_maskable_dtype(op, "w", w)
     arguments.fake_check_probability(op, p)
     arguments.fake_check_rng_state(op, rng_state, w.device)
     arguments.fake_check_element_offset(op, element_offset, w.numel())
