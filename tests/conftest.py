@@ -13,6 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
+from tinybig_cuda._arguments import MASKABLE_DTYPES
+
 CUDA_AVAILABLE = torch.cuda.is_available()
 
 # 'cpu' always; 'cuda' only where a GPU is visible.
@@ -21,18 +23,15 @@ DEVICES = [
     pytest.param("cuda", id="cuda", marks=pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device")),
 ]
 
-# Every dtype the op masks (DESIGN.md §3).
-DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
-DTYPE_IDS = ["float32", "float64", "float16", "bfloat16"]
+# Every dtype the ops mask: the package's one table (docs/contract.md, 'Dtypes').
+DTYPES = list(MASKABLE_DTYPES)
+DTYPE_IDS = [str(dtype).replace("torch.", "") for dtype in DTYPES]
 
-# Same-width integer dtype of each masked dtype: the view tensors are compared through.
-BITS_DTYPE = {
-    torch.float32: torch.int32,
-    torch.float64: torch.int64,
-    torch.float16: torch.int16,
-    torch.bfloat16: torch.int16,
-    torch.bool: torch.bool,
-}
+# Same-width integer dtype of each masked dtype: the view tensors are compared through. Bool masks
+# and int64 counts are compared as they are.
+_INTEGER_OF_SIZE = {1: torch.int8, 2: torch.int16, 4: torch.int32, 8: torch.int64}
+BITS_DTYPE = {dtype: _INTEGER_OF_SIZE[dtype.itemsize] for dtype in DTYPES}
+BITS_DTYPE.update({torch.bool: torch.bool, torch.int64: torch.int64})
 
 # dtypes the op must reject, with the names C++ (c10) and Python give them.
 BAD_W_DTYPES = {
@@ -209,6 +208,23 @@ class Snapshot:
                 assert_bitwise_equal(tensor.detach(), copy)
             else:
                 assert torch.equal(tensor.detach(), copy)
+
+
+def contract_table(heading):
+    """The rows of the first table under `heading` in docs/contract.md, as lists of cell texts
+    (header and backquotes dropped): the contract's known answers, read where they are written."""
+    lines = (Path(__file__).resolve().parents[1] / "docs" / "contract.md").read_text().splitlines()
+    start = lines.index(heading) + 1
+    rows = []
+    for line in lines[start:]:
+        if line.startswith("#"):
+            break
+        if line.startswith("|"):
+            rows.append([cell.strip().strip("`") for cell in line.strip().strip("|").split("|")])
+        elif rows:
+            break
+    assert len(rows) > 2, f"no table under {heading!r} in docs/contract.md"
+    return rows[2:]  # after the header and its |---| line
 
 
 def error_pattern(argument, expected, got):

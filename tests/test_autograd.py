@@ -111,3 +111,14 @@ def test_saved_bytes_measurement_can_fail():
     mask = torch.rand(256, 256) < 0.5
     saved, _ = _saved_bytes(lambda: w * mask)
     assert saved >= 256 * 256
+
+
+def test_changing_the_state_between_forward_and_backward_is_an_error_not_a_wrong_gradient():
+    # The backward regenerates the mask from the saved state tensor; autograd's version counter
+    # catches an in-place change of it (say, a reseeded fixed-mask buffer) before it is used.
+    state = torch.tensor([11, -7], dtype=torch.int64)
+    w = torch.randn(50, requires_grad=True)
+    out = tinybig_cuda.bernoulli_mask_apply(w, 0.5, state)
+    state.add_(1)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        out.sum().backward()

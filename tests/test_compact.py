@@ -1,7 +1,8 @@
 """Compact parameters: the count, expand and compress ops, and masking_reconciliation(compact=True).
 
 Every op output is compared bit for bit, with the pure-PyTorch reference (tinybig_cuda.reference)
-and with bernoulli_mask_apply, whose mask (DESIGN.md §2) the compact ops must share exactly."""
+and with bernoulli_mask_apply, whose mask (docs/contract.md, 'Mask definition') the compact ops
+must share exactly."""
 
 import io
 import os

@@ -6,7 +6,7 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import _C, reference
 
-from conftest import LAYOUTS, assert_bitwise_equal, make_input
+from conftest import DTYPE_IDS, DTYPES, LAYOUTS, assert_bitwise_equal, make_input
 
 SUPPORTED = _C.supported_cpu_isas()
 
@@ -30,7 +30,7 @@ def test_unknown_or_unsupported_isa_is_rejected():
 
 
 @pytest.mark.parametrize("forced_isa", SUPPORTED, indirect=True)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("numel", [1, 3, 65, 4099])
 @pytest.mark.parametrize("element_offset", [0, 3, 2**40 + 1])
 def test_path_matches_reference(forced_isa, dtype, numel, element_offset):

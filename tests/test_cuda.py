@@ -16,6 +16,8 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import _C
 
+from conftest import DTYPE_IDS, DTYPES
+
 EXPECT_CUDA_BUILD = os.environ.get("TINYBIG_EXPECT_CUDA_BUILD") == "1"
 OPS = ("tinybig_cuda::bernoulli_mask_apply", "tinybig_cuda::bernoulli_mask")
 
@@ -91,7 +93,7 @@ def test_no_kernel_touches_local_memory(sass_by_kernel):
 
 
 @needs_gpu
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("make_view", [lambda t: t, lambda t: t[1:], lambda t: t.view(-1, 7).t()], ids=["whole", "misaligned", "transposed"])
 def test_cuda_matches_cpu_bit_for_bit(dtype, make_view):
     w = make_view(torch.randn(4099 * 7 + 1).to(dtype)[: 4099 * 7])

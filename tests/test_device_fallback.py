@@ -16,7 +16,7 @@ from torch._C import DispatchKey
 import tinybig_cuda
 from tinybig_cuda import _C
 
-from conftest import BITS_DTYPE, DTYPE_IDS, DTYPES
+from conftest import DTYPE_IDS, DTYPES, assert_bitwise_equal
 
 OPS = ["bernoulli_mask_apply", "bernoulli_mask", "bernoulli_mask_count", "bernoulli_mask_expand", "bernoulli_mask_compress"]
 FALLBACK_KEYS = ["MPS", "XPU", "PrivateUse1"]
@@ -31,10 +31,9 @@ def call(key, name, *args):
 
 
 def assert_same_bits(actual, expected):
-    assert actual.dtype == expected.dtype and actual.shape == expected.shape and actual.device == expected.device
+    """The same bits, and the new contiguous tensor every kernel returns."""
+    assert_bitwise_equal(actual, expected)
     assert actual.is_contiguous()
-    bits = BITS_DTYPE.get(actual.dtype, actual.dtype)
-    assert torch.equal(actual.view(bits), expected.view(bits))
 
 
 def special_values(dtype, shape, seed):

@@ -2,6 +2,7 @@
 came, and leaves every input (and the module's state) untouched."""
 
 import re
+import warnings
 
 import pytest
 import torch
@@ -361,3 +362,49 @@ def test_fake_kernels_refuse_exactly_what_the_kernels_refuse(case):
         fake = _outcome(lambda: op.default(*fake_args))
     assert fake == real
     assert (real is None) == case.endswith(" ok")
+
+
+# ---------------------------------------------------------------- the one dtype table
+
+
+def _every_dtype():
+    """Every dtype torch has that a plain tensor can hold (quantized and sub-byte ones cannot)."""
+    dtypes = {value for value in vars(torch).values() if isinstance(value, torch.dtype)}
+    usable = []
+    for dtype in sorted(dtypes, key=str):
+        try:
+            with warnings.catch_warnings():  # quantized dtypes warn that they are deprecated
+                warnings.simplefilter("ignore")
+                torch.zeros(3, dtype=dtype)
+        except (RuntimeError, TypeError):
+            continue
+        usable.append(dtype)
+    return usable
+
+
+@pytest.mark.parametrize("dtype", _every_dtype(), ids=str)
+def test_the_kernels_and_the_fake_kernels_take_exactly_the_dtype_table(dtype):
+    """tinybig_cuda._arguments.MASKABLE_DTYPES is the table the fake kernels, the module and the
+    tests read; the compiled kernels must accept exactly the dtypes it lists, out of every dtype."""
+    maskable = dtype in tinybig_cuda._arguments.MASKABLE_DTYPES
+    w = torch.zeros(3, dtype=dtype)
+    calls = {
+        "apply": lambda w, state: OPS.bernoulli_mask_apply.default(w, 0.5, state, 0),
+        "expand": lambda w, state: OPS.bernoulli_mask_expand.default(w[:0], 0.0, state, [3], 0),
+        "compress": lambda w, state: OPS.bernoulli_mask_compress.default(w, 0.0, state, 0, 0),
+    }
+    for name, call in calls.items():
+        real = _outcome(lambda: call(w, STATE))
+        with torch._subclasses.fake_tensor.FakeTensorMode() as mode:
+            fake = _outcome(lambda: call(mode.from_tensor(w), mode.from_tensor(STATE)))
+        assert real == fake, name
+        assert (real is None) == maskable, (name, real)
+    if not maskable:
+        with pytest.raises(TypeError, match=error_pattern("w", re.escape(tinybig_cuda._arguments.MASKABLE_DTYPE_NAMES), str(dtype).split(".")[-1])):
+            tinybig_cuda.masking_reconciliation(p=0.5, compact=True)(w=torch.zeros(3, dtype=dtype), n=1, D=3)
+
+
+def test_docstrings_name_the_dtype_table():
+    names = tinybig_cuda._arguments.MASKABLE_DTYPE_NAMES
+    for function in (tinybig_cuda.bernoulli_mask_apply, tinybig_cuda.bernoulli_mask_expand, tinybig_cuda.bernoulli_mask_compress):
+        assert names in " ".join(function.__doc__.split()), function.__name__

@@ -249,6 +249,13 @@ def test_bernoulli_mask_accepts_a_strided_rng_state(device):
     assert torch.equal(tinybig_cuda.bernoulli_mask((37, 3), 0.5, strided), reference.bernoulli_mask((37, 3), 0.5, contiguous))
 
 
+def test_non_contiguous_and_expanded_states_are_read_by_value():
+    w = torch.randn(50)
+    three = torch.tensor([11, 99, -7])
+    assert torch.equal(tinybig_cuda.bernoulli_mask_apply(w, 0.5, three[::2]), reference.bernoulli_mask_apply(w, 0.5, torch.tensor([11, -7])))
+    assert torch.equal(tinybig_cuda.bernoulli_mask_apply(w, 0.5, torch.tensor([5]).expand(2)), reference.bernoulli_mask_apply(w, 0.5, torch.tensor([5, 5])))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("start, length", [(0, 10), (5, 101), (7, 1), (3 * 37, 5 * 37), (369, 1)])
 def test_element_offset_shard_equals_slice_of_whole(device, start, length):

@@ -6,7 +6,7 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import fabrication, masking_reconciliation, reference
 
-from conftest import CUDA_AVAILABLE, DEVICES, Snapshot, as_bits, assert_bitwise_equal, random_bits, random_values
+from conftest import CUDA_AVAILABLE, DEVICES, DTYPE_IDS, DTYPES, Snapshot, as_bits, assert_bitwise_equal, random_bits, random_values
 
 N, D = 6, 11
 
@@ -196,7 +196,7 @@ def test_empty_matrices(device, n, D, w_shape):
     assert module.calculate_l(n, D) == 0
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16], ids=["float64", "float16", "bfloat16"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 def test_module_keeps_w_dtype(dtype):
     module = masking_reconciliation(p=0.5)
     w = random_bits((1, N * D), dtype)

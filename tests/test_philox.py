@@ -1,4 +1,7 @@
-"""Known-answer tests of Philox4x32-10: the compiled header, the Python reference, and the op."""
+"""Known-answer tests of Philox4x32-10, the keep threshold and the mask: the compiled header, the
+Python reference, and the ops, against the tables of docs/contract.md, 'Known-answer vectors'."""
+
+from pathlib import Path
 
 import pytest
 import torch
@@ -6,17 +9,15 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import _C, reference
 
-from conftest import DEVICES, STATE_VALUES, make_state
+from conftest import DEVICES, STATE_VALUES, contract_table, make_state
+
+
+def _words(cell):
+    return [int(word, 16) for word in cell.split()]
+
 
 # Random123's kat_vectors for philox4x32_10: (counter, key, result).
-KAT_VECTORS = [
-    ([0x00000000, 0x00000000, 0x00000000, 0x00000000], [0x00000000, 0x00000000],
-     [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8]),
-    ([0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF, 0xFFFFFFFF], [0xFFFFFFFF, 0xFFFFFFFF],
-     [0x408F276D, 0x41C83B0E, 0xA20BC7C6, 0x6D5451FD]),
-    ([0x243F6A88, 0x85A308D3, 0x13198A2E, 0x03707344], [0xA4093822, 0x299F31D0],
-     [0xD16CFE09, 0x94FDCCEB, 0x5001E420, 0x24126EA1]),
-]
+KAT_VECTORS = [tuple(_words(cell) for cell in row) for row in contract_table("### Philox4x32-10")]
 KAT_IDS = ["zeros", "ones", "pi"]
 WORDS_COUNTER0_KEY0 = KAT_VECTORS[0][2]
 
@@ -110,3 +111,43 @@ def test_reference_keep_mask_matches_compiled_philox(seed):
     threshold = int(p * 2**32)
     expected = torch.tensor([word < threshold for word in words])
     assert torch.equal(reference.keep_mask(12, p, state), expected)
+
+
+def test_the_contract_holds_random123s_vectors_and_so_do_the_cpp_tests():
+    # The table is read, not trusted: these are Random123's published answers.
+    assert KAT_VECTORS[0] == ([0] * 4, [0] * 2, [0x6627E8D5, 0xE169C58D, 0xBC57AC4C, 0x9B00DBD8])
+    assert len(KAT_VECTORS) == len(KAT_IDS)
+    cpp_test = (Path(__file__).parent / "cpp" / "test_philox_contract.cpp").read_text().lower()
+    for counter, key, expected in KAT_VECTORS:
+        for word in counter + key + expected:
+            assert f"0x{word:08x}" in cpp_test or word == 0, f"{word:08x} is not in tests/cpp/test_philox_contract.cpp"
+
+
+THRESHOLDS = [(float(p), int(threshold)) for p, threshold, _ in contract_table("### Keep thresholds")]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p, threshold", THRESHOLDS, ids=[repr(p) for p, _ in THRESHOLDS])
+def test_keep_thresholds_of_the_contract(device, p, threshold):
+    assert reference.keep_threshold(p) == threshold
+    # The kernels' threshold, seen through the four words of counter 0, key 0 (seed 0, offset 0).
+    state = make_state(0, 0, device)
+    expected = torch.tensor([word < threshold for word in WORDS_COUNTER0_KEY0], device=device)
+    assert torch.equal(tinybig_cuda.bernoulli_mask((4,), p, state), expected)
+    assert torch.equal(tinybig_cuda.bernoulli_mask_apply(torch.ones(4, device=device), p, state) != 0, expected)
+
+
+MASKS = contract_table("### Masks")
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("row", MASKS, ids=[f"row{k + 1}" for k in range(len(MASKS))])
+def test_masks_of_the_contract(device, row):
+    seed, offset, p, element_offset, bits = row
+    state = make_state(int(seed), int(offset), device)
+    p, element_offset = float(p), int(element_offset)
+    expected = torch.tensor([bit == "1" for bit in bits], device=device)
+    assert torch.equal(tinybig_cuda.bernoulli_mask((len(bits),), p, state, element_offset), expected)
+    assert torch.equal(reference.bernoulli_mask((len(bits),), p, state, element_offset), expected)
+    w = torch.full((len(bits),), -1.5, dtype=torch.bfloat16, device=device)
+    assert torch.equal(tinybig_cuda.bernoulli_mask_apply(w, p, state, element_offset) != 0, expected)

@@ -1,4 +1,5 @@
-"""The argument rules of every tinybig_cuda op, stated once on the Python side.
+"""The argument rules of every tinybig_cuda op, and the table of the dtypes they take
+(MASKABLE_DTYPES), stated once on the Python side.
 
 Two halves:
 - What the typed entry points (and the modules) accept as Python values, before the dispatcher
@@ -19,7 +20,13 @@ INT64_MAX = 2**63 - 1
 # The most elements a compact op's matrix may have (2**62 - 1: a float16 tensor's most): the
 # kernels' kMaxCompactElements (csrc/argument_checks.h), which tests/test_errors.py compares.
 MAX_COMPACT_ELEMENTS = 2**62 - 1
+# The dtypes the ops mask, expand and compress (docs/contract.md, 'Dtypes'): the one table that the
+# fake kernels, the module and the tests read. The kernels' own check (csrc/argument_checks.cpp)
+# must accept exactly these; tests/test_errors.py tries every dtype torch has on both.
 MASKABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+_NAMES = [str(dtype).replace("torch.", "") for dtype in MASKABLE_DTYPES]
+# "float32, float64, float16 or bfloat16": how messages and docstrings name the table.
+MASKABLE_DTYPE_NAMES = ", ".join(_NAMES[:-1]) + " or " + _NAMES[-1]
 
 # ---------------------------------------------------------------- Python values
 
@@ -68,11 +75,11 @@ def shape(op, value):
 # ---------------------------------------------------------------- the fake kernels' checks
 
 
-def fake_check_dtype(op, argument, tensor):
-    torch._check_type(
-        tensor.dtype in MASKABLE_DTYPES,
-        lambda: f"{op}: expected {argument} to be float32, float64, float16 or bfloat16, but got dtype {tensor.dtype}",
-    )
+def check_maskable_dtype(op, argument, tensor):
+    """The kernels' TypeError unless `tensor`'s dtype is in MASKABLE_DTYPES: for the fake kernels,
+    and for the module, which names w where the op it calls would name it differently."""
+    if tensor.dtype not in MASKABLE_DTYPES:
+        raise TypeError(f"{op}: expected {argument} to be {MASKABLE_DTYPE_NAMES}, but got dtype {tensor.dtype}")
 
 
 def fake_check_probability(op, p):

@@ -1,8 +1,8 @@
 """Compact parameters: store only the entries a fixed mask keeps.
 
-A mask that is a pure function of ``rng_state`` (DESIGN.md §2) lets a model keep just the ``K``
-entries it keeps out of an ``(n, D)`` matrix, in row-major order, and fabricate the full matrix
-when it is used. These are the typed entry points of the three compiled ops that make that work,
+A mask that is a pure function of ``rng_state`` (docs/contract.md, 'Mask definition') lets a
+model keep just the ``K`` entries it keeps out of an ``(n, D)`` matrix, in row-major order, and
+fabricate the full matrix when it is used (docs/contract.md, 'Compact parameters'). These are the typed entry points of the three compiled ops that make that work,
 with their fake kernels (their autograd is in csrc/autograd.cpp):
 
     bernoulli_mask_count(numel, p, rng_state)           K, as an int64 tensor on rng_state's device
@@ -129,7 +129,7 @@ def _(numel, p, rng_state, element_offset=0):
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_expand")
 def _(values, p, rng_state, shape, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_expand"
-    arguments.fake_check_dtype(op, "values", values)
+    arguments.check_maskable_dtype(op, "values", values)
     torch._check_value(
         values.dim() == 1,
         lambda: f"{op}: expected values to be 1-D (the kept entries in row-major order), but got shape {list(values.shape)}",
@@ -149,7 +149,7 @@ def _(values, p, rng_state, shape, element_offset=0):
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_compress")
 def _(full, p, rng_state, kept_count, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_compress"
-    arguments.fake_check_dtype(op, "full", full)
+    arguments.check_maskable_dtype(op, "full", full)
     torch._check_value(kept_count >= 0, lambda: f"{op}: expected kept_count >= 0, but got {kept_count}")
     torch._check_value(
         kept_count <= full.numel(),

@@ -9,7 +9,7 @@ import torch
 from . import _C
 from . import _arguments as arguments
 from .compact import bernoulli_mask_compress, bernoulli_mask_expand, count_kept
-from .ops import _MASKABLE_DTYPES, bernoulli_mask, bernoulli_mask_apply
+from .ops import bernoulli_mask, bernoulli_mask_apply
 
 __all__ = ["fabrication", "masking_reconciliation"]
 
@@ -248,8 +248,7 @@ class masking_reconciliation(fabrication):
             raise TypeError(f"masking_reconciliation: expected w to be a torch.Tensor, but got {type(w).__name__}")
         if self.compact:
             self._check_device(w, device)
-            if w.dtype not in _MASKABLE_DTYPES:  # named here, since the op calls w `values`
-                raise TypeError(f"masking_reconciliation: expected w to be float32, float64, float16 or bfloat16, but got dtype {w.dtype}")
+            arguments.check_maskable_dtype("masking_reconciliation", "w", w)  # the op would call it `values`
             if not torch.compiler.is_compiling():  # the op checks the count again, also when compiled
                 self._check_compact_w(n, D, w)
             self._mask_matrix_of = (n, D, None)

@@ -15,8 +15,8 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     """Masks `w` with a Bernoulli(p) keep-mask generated on the fly from `rng_state`.
 
     Element i of `w` (its row-major flat index, whatever its strides) is kept iff Philox word
-    ``element_offset + i`` is below ``floor(p * 2**32)`` (DESIGN.md §2); kept elements are copied,
-    dropped ones are written as +0.0. Nothing is rescaled. Differentiable in `w`: the backward
+    ``element_offset + i`` is below ``floor(p * 2**32)`` (docs/contract.md, 'Mask definition');
+    kept elements are copied, dropped ones are written as +0.0. Nothing is rescaled. Differentiable in `w`: the backward
     regenerates the mask from the saved 16-byte `rng_state` instead of storing it.
 
     Args:
@@ -54,15 +54,12 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
     return torch.ops.tinybig_cuda.bernoulli_mask.default(shape, p, rng_state, element_offset)
 
 
-_MASKABLE_DTYPES = arguments.MASKABLE_DTYPES
-
-
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply")
 def _(w, p, rng_state, element_offset=0):
     # The same checks as the kernels (tinybig_cuda/_arguments.py): the fakes also run where no
     # real kernel would (a meta rng_state beside a CPU w dispatches here).
     op = "tinybig_cuda.bernoulli_mask_apply"
-    arguments.fake_check_dtype(op, "w", w)
+    arguments.check_maskable_dtype(op, "w", w)
     arguments.fake_check_probability(op, p)
     arguments.fake_check_rng_state(op, rng_state, w.device)
     arguments.fake_check_element_offset(op, element_offset, w.numel())

@@ -1,4 +1,5 @@
-"""The DESIGN.md §2 mask contract in plain PyTorch: slow, readable, and usable on any device.
+"""The mask contract in plain PyTorch (docs/contract.md, 'Mask definition'): slow, readable, and
+usable on any device.
 
 The compiled kernels must agree with these functions bit for bit; the tests hold them to it.
 Words are uint32 values carried in int64 tensors, and every product is split so that no

@@ -1,4 +1,5 @@
-"""torch integration: torch.compile, torch.export, torch.utils.checkpoint, torch.func, no TorchScript."""
+"""torch integration beyond torch.compile (tests/test_compile.py): torch.export,
+torch.utils.checkpoint, torch.func, and no TorchScript."""
 
 import subprocess
 import sys
@@ -7,7 +8,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from torch._dynamo.testing import CompileCounterWithBackend
 from torch.utils.checkpoint import checkpoint
 
 import tinybig_cuda
@@ -15,10 +15,6 @@ from tinybig_cuda import bernoulli_mask, bernoulli_mask_apply, masking_reconcili
 
 # Inductor and export script parts of torch itself; the warnings are theirs, not this package's.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")
-
-
-def fabricate(fabrication, w, n, D):
-    return fabrication(w=w, n=n, D=D)
 
 
 class MaskedHead(torch.nn.Module):
@@ -33,111 +29,6 @@ class MaskedHead(torch.nn.Module):
 
     def forward(self, x):
         return sum(F.linear(x, self.fabrication(w=self.w[c:c + 1], n=self.n, D=self.D), self.b) for c in range(self.channels))
-
-
-# ---- torch.compile ------------------------------------------------------------------------------
-
-def test_compile_fullgraph_fixed_mask_equals_eager_forward_and_backward():
-    torch.manual_seed(0)
-    fabrication = masking_reconciliation(p=0.5, fixed_mask=True)
-    w_eager = torch.randn(1, 6 * 8, requires_grad=True)
-    w_compiled = w_eager.detach().clone().requires_grad_()
-    compiled = torch.compile(fabricate, fullgraph=True)  # inductor
-
-    eager_out = fabricate(fabrication, w_eager, 6, 8)
-    compiled_out = compiled(fabrication, w_compiled, 6, 8)
-    assert torch.equal(compiled_out, eager_out)
-    upstream = torch.randn(6, 8)
-    eager_out.backward(upstream)
-    compiled_out.backward(upstream)
-    assert torch.equal(w_compiled.grad, w_eager.grad)
-
-
-def test_compiled_fixed_mask_reads_the_state_buffer_without_recompiling():
-    # rng_state is a tensor argument: writing a new state into the buffer changes the mask of the
-    # compiled function, with one graph for every seed.
-    fabrication = masking_reconciliation(p=0.5, fixed_mask=True)
-    counter = CompileCounterWithBackend("aot_eager")
-    compiled = torch.compile(fabricate, backend=counter, fullgraph=True)
-    w = torch.randn(1, 40)
-    for seed in range(4):
-        fabrication.rng_state.copy_(torch.tensor([seed, 1000 + seed]))
-        out = compiled(fabrication, w, 5, 8)
-        assert torch.equal(out, reference.bernoulli_mask_apply(w.view(5, 8), 0.5, fabrication.rng_state))
-    assert counter.frame_count == 1
-
-
-def test_compile_dynamic_shapes_give_the_reference_masks():
-    state = torch.tensor([3, 4])
-    compiled = torch.compile(lambda w, start: bernoulli_mask_apply(w[start:], 0.5, state, element_offset=start * w.shape[1]),
-                             backend="aot_eager", dynamic=True, fullgraph=True)
-    for rows, cols, start in [(8, 5, 2), (9, 7, 3), (12, 6, 5), (10, 11, 1)]:
-        w = torch.randn(rows, cols)
-        assert torch.equal(compiled(w, start), reference.bernoulli_mask_apply(w[start:], 0.5, state, start * cols))
-
-
-def test_compile_dynamic_offsets_and_shapes_compile_once():
-    state = torch.tensor([3, 4])
-    shard_counter = CompileCounterWithBackend("aot_eager")
-    shard = torch.compile(lambda w, start: bernoulli_mask_apply(w[start:], 0.5, state, element_offset=start * w.shape[1]),
-                          backend=shard_counter, dynamic=True)
-    mask_counter = CompileCounterWithBackend("aot_eager")
-    mask = torch.compile(lambda w: bernoulli_mask(w.shape, 0.5, state) & (w > 0), backend=mask_counter, dynamic=True)
-    for rows, cols, start in [(8, 5, 2), (9, 7, 3), (12, 6, 5), (10, 11, 1)]:
-        shard(torch.randn(rows, cols), start)
-        mask(torch.randn(rows, cols))
-    assert (shard_counter.frame_count, mask_counter.frame_count) == (1, 1)
-
-
-def test_compile_fullgraph_fresh_state_drawn_in_the_graph():
-    # What a compiled graph does with a fresh state drawn inside it (torch.randint, which Dynamo
-    # traces): a new mask per call, reproducible under torch.manual_seed, but drawn by the
-    # compiler's RNG, so not the state that eager mode draws after the same manual_seed.
-    def masked_with_fresh_state(w):
-        state = torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64)
-        return bernoulli_mask_apply(w, 0.5, state), state
-
-    compiled = torch.compile(masked_with_fresh_state, fullgraph=True)
-    w = torch.randn(7, 9)
-    torch.manual_seed(4)
-    first, first_state = compiled(w)
-    second, second_state = compiled(w)
-    torch.manual_seed(4)
-    replay, replay_state = compiled(w)
-
-    assert not torch.equal(first_state, second_state) and not torch.equal(first, second)
-    assert torch.equal(replay_state, first_state) and torch.equal(replay, first)
-    assert torch.equal(first, reference.bernoulli_mask_apply(w, 0.5, first_state))
-
-
-def _fresh_mask_calls(call, w):
-    """Two calls of a fixed_mask=False module; returns (outputs, states, w's gradient of the first)."""
-    fabrication = masking_reconciliation(p=0.5, fixed_mask=False)
-    first = call(fabrication, w, 6, 8)
-    first_state = fabrication.rng_state.clone()
-    second = call(fabrication, w, 6, 8)
-    second_state = fabrication.rng_state.clone()
-    first.sum().backward()
-    return (first, second), (first_state, second_state), w.grad
-
-
-def _check_fresh_calls(w, outputs, states, grad):
-    assert not torch.equal(states[0], states[1])
-    for out, state in zip(outputs, states):
-        assert torch.equal(out, reference.bernoulli_mask_apply(w.detach().view(6, 8), 0.5, state))
-    # The backward of the first call used the first call's state, not the latest one.
-    assert torch.equal(grad.view(6, 8), reference.bernoulli_mask((6, 8), 0.5, states[0]).to(grad.dtype))
-
-
-def test_compile_fresh_mask_module_with_graph_breaks():
-    w = torch.randn(1, 48, requires_grad=True)
-    counter = CompileCounterWithBackend("aot_eager")
-    _check_fresh_calls(w, *_fresh_mask_calls(torch.compile(fabricate, backend=counter), w))
-
-
-def test_compile_fullgraph_fresh_mask_module():
-    w = torch.randn(1, 48, requires_grad=True)
-    _check_fresh_calls(w, *_fresh_mask_calls(torch.compile(fabricate, backend="aot_eager", fullgraph=True), w))
 
 
 # ---- torch.export -------------------------------------------------------------------------------

@@ -16,18 +16,9 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import bernoulli_mask, bernoulli_mask_apply, reference
 
+from conftest import DTYPE_IDS, DTYPES, assert_bitwise_equal
+
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-BITS_OF = {torch.float32: torch.int32, torch.float64: torch.int64, torch.float16: torch.int16, torch.bfloat16: torch.int16}
-
-
-def bits(t: torch.Tensor) -> torch.Tensor:
-    """The bit patterns of a float tensor, so that -0.0 != +0.0 and NaN == NaN in comparisons."""
-    return t.contiguous().view(BITS_OF[t.dtype])
-
-
-def assert_bit_equal(actual, expected):
-    assert actual.shape == expected.shape and actual.dtype == expected.dtype
-    assert torch.equal(bits(actual), bits(expected))
 
 
 def row_bounds(rows, shards):
@@ -39,7 +30,7 @@ def row_bounds(rows, shards):
     return bounds
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("rows, cols, shards", [(7, 5, 2), (7, 5, 7), (33, 3, 4), (10, 1, 3), (1001, 257, 2), (64, 1031, 5)])
 def test_row_shards_concatenate_to_the_whole_matrix(rows, cols, shards, dtype):
     torch.manual_seed(rows * cols + shards)
@@ -48,7 +39,7 @@ def test_row_shards_concatenate_to_the_whole_matrix(rows, cols, shards, dtype):
     whole = bernoulli_mask_apply(weight, 0.37, state)
     bounds = row_bounds(rows, shards)
     pieces = [bernoulli_mask_apply(weight[a:b], 0.37, state, element_offset=a * cols) for a, b in zip(bounds, bounds[1:])]
-    assert_bit_equal(torch.cat(pieces), whole)
+    assert_bitwise_equal(torch.cat(pieces), whole)
     # Without the offset every shard would restart the stream: the shards would share one mask.
     if rows // shards >= 2:
         unshifted = [bernoulli_mask_apply(weight[a:b], 0.37, state) for a, b in zip(bounds, bounds[1:])]
@@ -63,7 +54,7 @@ def test_shard_boundaries_need_not_align_with_philox_blocks():
     for start in range(1, 9):
         for stop in (start + 1, start + 3, start + 4, start + 5, 1000):
             shard = bernoulli_mask_apply(weight[:, start:stop], 0.5, state, element_offset=start)
-            assert_bit_equal(shard, whole[:, start:stop])
+            assert_bitwise_equal(shard, whole[:, start:stop])
 
 
 def test_row_shard_masks_concatenate_to_the_whole_mask():
@@ -86,7 +77,7 @@ def test_shard_gradients_are_the_rows_of_the_whole_gradient():
     for a, b in zip(bounds, bounds[1:]):
         shard = weight[a:b].clone().requires_grad_()
         bernoulli_mask_apply(shard, 0.3, state, element_offset=a * cols).backward(upstream[a:b])
-        assert_bit_equal(shard.grad, whole.grad[a:b])
+        assert_bitwise_equal(shard.grad, whole.grad[a:b])
 
 
 def test_module_state_masks_shards_like_the_module_masks_the_whole():
@@ -97,7 +88,7 @@ def test_module_state_masks_shards_like_the_module_masks_the_whole():
     weight = torch.randn(1, rows * cols)
     whole = fabrication(w=weight, n=rows, D=cols)
     shard = bernoulli_mask_apply(weight.view(rows, cols)[4:9], fabrication.p, fabrication.rng_state, element_offset=4 * cols)
-    assert_bit_equal(shard, whole[4:9])
+    assert_bitwise_equal(shard, whole[4:9])
 
 
 LARGE_OFFSETS = [
@@ -121,7 +112,7 @@ def test_large_element_offsets_match_the_reference(element_offset, dtype):
     weight = torch.randn(41, dtype=torch.float64).to(dtype) + 2  # no zeros, so every dropped slot shows
     for p in (0.5, 0.9):
         actual = bernoulli_mask_apply(weight, p, state, element_offset=element_offset)
-        assert_bit_equal(actual, reference.bernoulli_mask_apply(weight, p, state, element_offset))
+        assert_bitwise_equal(actual, reference.bernoulli_mask_apply(weight, p, state, element_offset))
         assert torch.equal(bernoulli_mask((41,), p, state, element_offset), reference.bernoulli_mask((41,), p, state, element_offset))
 
 
@@ -136,7 +127,7 @@ def test_a_shard_straddling_a_word_boundary_equals_its_two_halves(boundary):
     across = bernoulli_mask_apply(weight, 0.5, state, element_offset=start)
     below = bernoulli_mask_apply(weight.view(-1)[:37], 0.5, state, element_offset=start)
     above = bernoulli_mask_apply(weight.view(-1)[37:], 0.5, state, element_offset=boundary)
-    assert_bit_equal(across.view(-1), torch.cat([below, above]))
+    assert_bitwise_equal(across.view(-1), torch.cat([below, above]))
 
 
 @pytest.mark.parametrize("element_offset", [2**32, 2**34, 2**40 + 8])
