@@ -1,4 +1,5 @@
-// The DESIGN.md §2 contract in one place: Philox4x32-10 and the Bernoulli keep test.
+// The mask definition of docs/contract.md ('Mask definition', 'Keep threshold') in one place:
+// Philox4x32-10 and the Bernoulli keep test.
 //
 // Everything here is plain C++ that also compiles as CUDA __host__ __device__ code, so the
 // CPU kernels, the CUDA kernel and the torch-free C++ tests all run these same lines.

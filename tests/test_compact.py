@@ -496,7 +496,7 @@ def compact_sass():
 
     from test_cuda import find_cuobjdump
 
-    dump = subprocess.run([find_cuobjdump(), "--dump-sass", _C.__file__], capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run([find_cuobjdump(), "--dump-sass", tinybig_cuda.op_library_path], capture_output=True, text=True, check=True).stdout
     element_bytes = {"t": 2, "j": 4, "m": 8}  # Itanium mangling of uint16/32/64
     kernels = {}
     for arch, body in re.findall(r"arch = (sm_\d+).*?\n(.*?)(?=\n\s*arch = sm_|\Z)", dump, flags=re.S):

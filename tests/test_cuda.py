@@ -57,7 +57,7 @@ def find_cuobjdump():
 @pytest.fixture(scope="module")
 def sass_by_kernel():
     """{(architecture, element bytes): SASS text} for every compiled masked-copy kernel."""
-    dump = subprocess.run([find_cuobjdump(), "--dump-sass", _C.__file__], capture_output=True, text=True, check=True).stdout
+    dump = subprocess.run([find_cuobjdump(), "--dump-sass", tinybig_cuda.op_library_path], capture_output=True, text=True, check=True).stdout
     element_bytes = {"h": 1, "t": 2, "j": 4, "m": 8}  # Itanium mangling of uint8/16/32/64
     kernels = {}
     for arch, body in re.findall(r"arch = (sm_\d+).*?\n(.*?)(?=\n\s*arch = sm_|\Z)", dump, flags=re.S):

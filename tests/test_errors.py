@@ -304,7 +304,7 @@ def test_counts_and_shapes_follow_the_policy():
 
 OPS = torch.ops.tinybig_cuda
 STATE = make_state(1, 2)
-# (op, arguments): each breaks one rule of csrc/argument_checks.cpp or csrc/compact_op.cpp, or none.
+# (op, arguments): each breaks one rule of csrc/ops/argument_checks.cpp or csrc/ops/compact.cpp, or none.
 FAKE_AND_REAL_CASES = {
     "apply ok": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE, 5)),
     "apply int w": (OPS.bernoulli_mask_apply, (torch.ones(3, dtype=torch.int32), 0.5, STATE, 0)),

@@ -1,4 +1,4 @@
-"""The CPU output cache (csrc/cpu/output_cache.cpp): large outputs reuse freed memory, and the
+"""The CPU output cache (csrc/ops/output_memory.cpp): large outputs reuse freed memory, and the
 reused memory never leaks its old contents into a result."""
 
 import os

@@ -7,7 +7,7 @@ Two halves:
   value of type 'int' ... but instead found type 'int'". Wrong types raise TypeError, wrong values
   ValueError, each naming the argument.
 - The checks of the fake kernels, which must refuse exactly what the compiled kernels refuse:
-  each mirrors, in the same order, one check of csrc/argument_checks.cpp or csrc/compact_op.cpp,
+  each mirrors, in the same order, one check of csrc/ops/argument_checks.cpp or csrc/ops/compact.cpp,
   with the same limits (tests/test_errors.py runs every rule through both).
 """
 
@@ -18,10 +18,10 @@ import torch
 
 INT64_MAX = 2**63 - 1
 # The most elements a compact op's matrix may have (2**62 - 1: a float16 tensor's most): the
-# kernels' kMaxCompactElements (csrc/argument_checks.h), which tests/test_errors.py compares.
+# kernels' kMaxCompactElements (csrc/ops/argument_checks.h), which tests/test_errors.py compares.
 MAX_COMPACT_ELEMENTS = 2**62 - 1
 # The dtypes the ops mask, expand and compress (docs/contract.md, 'Dtypes'): the one table that the
-# fake kernels, the module and the tests read. The kernels' own check (csrc/argument_checks.cpp)
+# fake kernels, the module and the tests read. The kernels' own check (csrc/ops/argument_checks.cpp)
 # must accept exactly these; tests/test_errors.py tries every dtype torch has on both.
 MASKABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 _NAMES = [str(dtype).replace("torch.", "") for dtype in MASKABLE_DTYPES]

@@ -3,7 +3,7 @@
 A mask that is a pure function of ``rng_state`` (docs/contract.md, 'Mask definition') lets a
 model keep just the ``K`` entries it keeps out of an ``(n, D)`` matrix, in row-major order, and
 fabricate the full matrix when it is used (docs/contract.md, 'Compact parameters'). These are the typed entry points of the three compiled ops that make that work,
-with their fake kernels (their autograd is in csrc/autograd.cpp):
+with their fake kernels (their autograd is in csrc/ops/autograd.cpp):
 
     bernoulli_mask_count(numel, p, rng_state)           K, as an int64 tensor on rng_state's device
     count_kept(numel, p, rng_state)                     K, as a Python int

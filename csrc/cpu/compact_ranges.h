@@ -1,11 +1,11 @@
 // The CPU halves of the compact ops (count, expand, compress), free of torch so the C++ tests can
-// run them for every instruction-set path. The registration (compact_ops_cpu.cpp) splits a
-// tensor into chunks, counts each chunk, prefix-sums the counts into each chunk's first rank, and
-// then runs expand or compress on every chunk in parallel.
+// run them for every instruction-set path. The CPU kernels (ops/cpu/compact_cpu.cpp) split a
+// tensor into chunks, count each chunk, prefix-sum the counts into each chunk's first rank, and
+// then run expand or compress on every chunk in parallel.
 //
-// Element k of a range is global element element_offset + k of the DESIGN.md §2 mask; the rank of
-// a kept element is how many kept elements precede it in the whole tensor, which is its index in
-// the compact values.
+// Element k of a range is global element element_offset + k of the mask (docs/contract.md,
+// 'Element offsets and shards'); the rank of a kept element is how many kept elements precede it
+// in the whole tensor, which is its index in the compact values.
 #pragma once
 
 #include <cstdint>

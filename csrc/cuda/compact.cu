@@ -61,6 +61,12 @@ cudaError_t launch_segment_offsets(const ScanLayout& scan, const Scratch& scratc
   return cudaGetLastError();
 }
 
+// Compact values are floating point (2, 4 or 8 bytes; never bool): no 1-byte kernels are built.
+template <typename Bits>
+constexpr bool is_compact_bits() {
+  return sizeof(Bits) > 1;
+}
+
 // Kernel 4 on the scratch that launch_compact_count_cuda filled; returns the layout and the scratch
 // that kernel 5 reads.
 cudaError_t prepare_ranks(int64_t numel, uint64_t element_offset, int64_t* scratch_words, int device,
@@ -123,11 +129,15 @@ cudaError_t launch_compact_expand_cuda(const void* values, int64_t values_count,
   if (status != cudaSuccess) return status;
   return visit_element_bits(element_size, [&](auto bits) {
     using Bits = decltype(bits);
-    const ExpandArgs<Bits> args{static_cast<const Bits*>(values), values_count, static_cast<Bits*>(full),
-                                scratch.keep_bits, scratch.chunk_counts,
-                                chunks_are_aligned<Bits>(full, element_offset)};
-    expand_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
-    return cudaGetLastError();
+    if constexpr (!is_compact_bits<Bits>()) {
+      return cudaErrorInvalidValue;
+    } else {
+      const ExpandArgs<Bits> args{static_cast<const Bits*>(values), values_count, static_cast<Bits*>(full),
+                                  scratch.keep_bits, scratch.chunk_counts,
+                                  chunks_are_aligned<Bits>(full, element_offset)};
+      expand_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
+      return cudaGetLastError();
+    }
   });
 }
 
@@ -142,11 +152,15 @@ cudaError_t launch_compact_compress_cuda(const void* full, void* values, int64_t
   if (status != cudaSuccess) return status;
   return visit_element_bits(element_size, [&](auto bits) {
     using Bits = decltype(bits);
-    const CompressArgs<Bits> args{static_cast<const Bits*>(full), static_cast<Bits*>(values), values_count,
-                                  scratch.keep_bits, scratch.chunk_counts,
-                                  chunks_are_aligned<Bits>(full, element_offset)};
-    compress_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
-    return cudaGetLastError();
+    if constexpr (!is_compact_bits<Bits>()) {
+      return cudaErrorInvalidValue;
+    } else {
+      const CompressArgs<Bits> args{static_cast<const Bits*>(full), static_cast<Bits*>(values), values_count,
+                                    scratch.keep_bits, scratch.chunk_counts,
+                                    chunks_are_aligned<Bits>(full, element_offset)};
+      compress_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
+      return cudaGetLastError();
+    }
   });
 }
 
