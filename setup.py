@@ -173,7 +173,7 @@ def compiled_cpu_paths():
 
 
 def make_extensions(torch):
-    """(the op library, the Python module), and the build facts."""
+    """[the op library, the Python module], and the build facts."""
     locate_cuda_home()
     from torch.utils.cpp_extension import CppExtension, CUDAExtension
 
@@ -215,7 +215,6 @@ def make_extensions(torch):
         name="tinybig_cuda._C",
         sources=sources_in("python"),
         include_dirs=include_dirs,
-        define_macros=[("TINYBIG_WITH_CUDA", None)] if with_cuda else [],
         extra_compile_args={"cxx": cxx_flags},
     )
     return [ops, module], facts

@@ -41,7 +41,7 @@ torch.ops.loaded_libraries.add(OP_LIBRARY_PATH)
 from . import _C  # noqa: E402
 
 if build_info.CUDA_KERNELS != _C.has_cuda_kernels():
-    raise ImportError(f"tinybig_cuda's _C and {OP_LIBRARY_PATH} come from different builds: {REBUILD}")
+    raise ImportError(f"tinybig_cuda's {OP_LIBRARY_PATH} is not the one its build recorded: {REBUILD}")
 
 if not build_info.CUDA_KERNELS and torch.version.cuda is not None and torch.cuda.is_available():
     warnings.warn(

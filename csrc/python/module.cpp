@@ -1,7 +1,8 @@
-// tinybig_cuda._C: the Python-side controls of the op library (which it links, and so loads):
-// CPU instruction-set selection, the output cache, the module's one-trip eager call, build facts.
-// The ops themselves are in the op library, registered in torch.ops.tinybig_cuda, and need no
-// Python (csrc/ops, csrc/cpu, csrc/cuda).
+// tinybig_cuda._C: the Python-side controls of the op library: CPU instruction-set selection, the
+// output cache, the module's one-trip eager call, build facts. The ops themselves are in the op
+// library (csrc/ops, csrc/cpu, csrc/cuda), registered in torch.ops.tinybig_cuda, and need no
+// Python. _C calls the library's functions by name: tinybig_cuda/_library.py loads the library
+// (RTLD_GLOBAL) before it imports _C.
 #include <pybind11/pybind11.h>
 #include <pybind11/stl.h>
 #include <torch/csrc/utils/pybind.h>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "cpu/isa.h"
+#include "ops/build.h"
 #include "ops/argument_checks.h"
 #include "ops/fabrication.h"
 #include "ops/output_memory.h"
@@ -19,7 +21,7 @@
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   namespace tc = tinybig_cuda;
-  module.doc() = "tinybig_cuda's compiled ops (registered in torch.ops.tinybig_cuda) and CPU ISA control.";
+  module.doc() = "Python-side controls of tinybig_cuda's op library (the ops are in torch.ops.tinybig_cuda).";
   module.def("philox4x32_10",
              [](std::array<uint32_t, 4> counter, std::array<uint32_t, 2> key) {
                const tc::PhiloxWords words = tc::philox4x32_10(counter[0], counter[1], counter[2],
@@ -63,12 +65,6 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "masking_reconciliation's eager call in one trip into C++: (the (n, D) matrix, the state "
              "it used: rng_state on w's device, or a fresh one when rng_state is None).");
   module.attr("MAX_COMPACT_ELEMENTS") = tc::kMaxCompactElements;
-  module.def("has_cuda_kernels", [] {
-#ifdef TINYBIG_WITH_CUDA
-        return true;
-#else
-        return false;
-#endif
-      },
-      "Whether this build compiled the CUDA kernels.");
+  module.def("has_cuda_kernels", &tc::built_with_cuda_kernels,
+             "Whether the op library was built with its CUDA kernels.");
 }
