@@ -187,8 +187,12 @@ def make_extensions(torch):
     include_dirs = [str(ROOT / "csrc")]
     # The torch-free kernel cores (cpu/, cuda/) and their torch registrations (ops/).
     ops_sources = sources_in("ops", "ops/cpu", "cpu")
-    # py_limited_api: torch then links neither libtorch_python nor anything else of Python's.
-    ops_options = dict(name=OP_LIBRARY, include_dirs=include_dirs, extra_link_args=openmp_link_flags, py_limited_api=True)
+    # py_limited_api: torch then links neither libtorch_python nor anything else of Python's. The
+    # run path finds torch's libraries (libc10_cuda, ...) beside the installed package, so a C++
+    # program that loads the library needs nothing on its own library path.
+    torch_libraries = "@loader_path/../torch/lib" if sys.platform == "darwin" else "$ORIGIN/../torch/lib"
+    ops_link_flags = [*openmp_link_flags, f"-Wl,-rpath,{torch_libraries}"]
+    ops_options = dict(name=OP_LIBRARY, include_dirs=include_dirs, extra_link_args=ops_link_flags, py_limited_api=True)
     facts = dict(torch_version=torch.__version__, cuda_kernels=with_cuda, cuda_reason=why, cuda_arch_list=None)
     if not with_cuda:
         log(f"building the CPU kernels only: {why}")
