@@ -182,3 +182,14 @@ def test_setup_py_without_torch_stops_at_once_and_says_why():
     assert result.returncode != 0
     assert "pip install --no-build-isolation ." in result.stderr
     assert "torch is not importable by this build" in result.stderr
+
+
+def test_import_from_the_source_tree_says_why_it_cannot_work():
+    # Python run from the repository root finds the source folder, which has no compiled parts
+    # (but may have the _build_info.py that setup.py wrote there).
+    result = subprocess.run([sys.executable, "-c", "import tinybig_cuda"], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode != 0
+    message = result.stderr.strip().splitlines()[-1]
+    assert message.startswith(f"ImportError: tinybig_cuda is not built in {REPO / 'tinybig_cuda'}")
+    assert "run from another directory" in message

@@ -14,16 +14,20 @@ import torch
 PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 REBUILD = "pip install --no-build-isolation --no-deps --force-reinstall ."
 
+NOT_BUILT = (
+    f"tinybig_cuda is not built in {PACKAGE_DIR}. If that is its source tree, Python found it before "
+    "the installed package (which happens when Python runs from the repository root): run from "
+    "another directory, and the tests with the `pytest` command (not `python -m pytest`). If "
+    "tinybig_cuda is not installed yet: `pip install --no-build-isolation .` from its source directory."
+)
+
 try:
     from . import _build_info as build_info
-except ImportError:  # most often: the source tree shadows the installed package
-    raise ImportError(
-        f"tinybig_cuda is not built in {PACKAGE_DIR}. If that is its source tree, Python found it "
-        "before the installed package (which happens when Python runs from the repository root): "
-        "run from another directory, and the tests with the `pytest` command (not `python -m "
-        "pytest`). If tinybig_cuda is not installed yet: `pip install --no-build-isolation .` from "
-        "its source directory."
-    ) from None
+except ImportError:
+    raise ImportError(NOT_BUILT) from None
+OP_LIBRARY_PATH = os.path.join(PACKAGE_DIR, build_info.OP_LIBRARY)
+if not os.path.exists(OP_LIBRARY_PATH):  # a source tree that setup.py wrote _build_info.py into
+    raise ImportError(NOT_BUILT)
 
 if torch.__version__ != build_info.TORCH_VERSION:
     raise ImportError(
@@ -32,7 +36,6 @@ if torch.__version__ != build_info.TORCH_VERSION:
         f"were built with. Rebuild it against this torch, from tinybig_cuda's source directory: {REBUILD}"
     )
 
-OP_LIBRARY_PATH = os.path.join(PACKAGE_DIR, build_info.OP_LIBRARY)
 # RTLD_GLOBAL: _C, loaded next, finds the library's functions (the CPU path, the output cache) by
 # name instead of carrying a second copy of them.
 ctypes.CDLL(OP_LIBRARY_PATH, mode=ctypes.RTLD_GLOBAL)
