@@ -263,5 +263,8 @@ if __name__ == "__main__":
     setup(
         packages=find_packages(include=["tinybig_cuda", "tinybig_cuda.*"]),
         ext_modules=extensions,
+        # The compiled parts load only into this exact torch: pip then knows, and says so when
+        # another torch would replace it.
+        install_requires=[f"torch=={build_torch.__version__}", "numpy"],
         cmdclass={"build_ext": build_ext_class()},
     )
