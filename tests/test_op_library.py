@@ -4,6 +4,7 @@ libtinybig_cuda_ops.so holds the schemas, kernels and autograd: a process that l
 torch.ops.load_library, inside an AOTInductor runner, or with dlopen from a C++ program) runs the
 ops. The `_C` module holds only the Python-side controls."""
 
+import importlib.metadata
 import os
 import shutil
 import subprocess
@@ -145,6 +146,8 @@ def test_build_info_records_this_torch_and_the_cuda_decision():
     assert info.TORCH_VERSION == torch.__version__
     assert info.CUDA_KERNELS == _C.has_cuda_kernels()
     assert info.CUDA_REASON and any("CPU kernel paths" in line for line in info.SUMMARY)
+    # ...and pip knows the torch too: the package requires exactly it.
+    assert f"torch=={torch.__version__}" in importlib.metadata.requires("tinybig_cuda")
 
 
 def test_python_m_tinybig_cuda_prints_the_build_summary():
