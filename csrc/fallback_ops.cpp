@@ -29,11 +29,13 @@ namespace {
 const c10::DispatchKeySet kCpuKernel(c10::DispatchKey::CPU);
 
 // The bool mask of `shape`, on the CPU.
-at::Tensor cpu_mask(at::IntArrayRef shape, double p, const at::Tensor& rng_state, int64_t element_offset) {
-  static const auto op = find_op<at::Tensor(c10::SymIntArrayRef, double, const at::Tensor&, c10::SymInt)>(
-      "tinybig_cuda::bernoulli_mask");
+at::Tensor cpu_mask(at::IntArrayRef shape, double p, const at::Tensor& rng_state, int64_t element_offset,
+                    std::optional<int64_t> row_length = std::nullopt) {
+  static const auto op = find_op<at::Tensor(c10::SymIntArrayRef, double, const at::Tensor&, c10::SymInt,
+                                            std::optional<c10::SymInt>)>("tinybig_cuda::bernoulli_mask");
   return op.redispatch(kCpuKernel, c10::fromIntArrayRefSlow(shape), p, rng_state.to(at::kCPU),
-                       c10::SymInt(element_offset));
+                       c10::SymInt(element_offset),
+                       row_length ? std::optional<c10::SymInt>(*row_length) : std::nullopt);
 }
 
 // The mask on `device`, and the number of entries it keeps.
@@ -49,9 +51,9 @@ DeviceMask device_mask(at::IntArrayRef shape, double p, const at::Tensor& rng_st
 }
 
 at::Tensor mask_apply_fallback(const at::Tensor& w, double p, const at::Tensor& rng_state,
-                               int64_t element_offset) {
-  check_mask_apply_arguments(w, p, rng_state, element_offset);
-  const at::Tensor mask = cpu_mask(w.sizes(), p, rng_state, element_offset).to(w.device());
+                               int64_t element_offset, std::optional<int64_t> row_length) {
+  check_mask_apply_arguments(w, p, rng_state, element_offset, row_length);
+  const at::Tensor mask = cpu_mask(w.sizes(), p, rng_state, element_offset, row_length).to(w.device());
   // Select semantics, as on the CPU and CUDA: kept entries copied bit for bit, dropped ones +0.0.
   at::Tensor output = at::empty(w.sizes(), w.options());
   return at::where_out(output, mask, w, at::zeros({}, w.options()));
@@ -59,8 +61,8 @@ at::Tensor mask_apply_fallback(const at::Tensor& w, double p, const at::Tensor& 
 
 // The CPU kernel's argument checks are all this op needs too.
 at::Tensor mask_fallback(at::IntArrayRef shape, double p, const at::Tensor& rng_state,
-                         int64_t element_offset) {
-  return cpu_mask(shape, p, rng_state, element_offset).to(rng_state.device());
+                         int64_t element_offset, std::optional<int64_t> row_length) {
+  return cpu_mask(shape, p, rng_state, element_offset, row_length).to(rng_state.device());
 }
 
 // Counted by the CPU kernel without a mask; its argument checks are all this op needs.

@@ -16,45 +16,68 @@
 #include "cpu/masked_copy.h"
 #include "cpu/output_cache.h"
 #include "mask_op.h"
+#include "mask_window.h"
 #include "module_calls.h"
 
 namespace tinybig_cuda {
 
-void check_mask_apply_arguments(const at::Tensor& w, double p, const at::Tensor& rng_state,
-                                int64_t element_offset) {
+namespace {
+
+// The rows of a tensor of `shape`, as the window rule sees them: its last dimension (a 0-d
+// tensor is one row of one element).
+int64_t row_width(at::IntArrayRef shape) { return shape.empty() ? 1 : shape.back(); }
+
+// Checks element_offset and row_length against a tensor of `shape` and returns its window.
+MaskWindow checked_window(const char* op, at::IntArrayRef shape, int64_t numel,
+                          int64_t element_offset, std::optional<int64_t> row_length) {
+  const int64_t width = row_width(shape);
+  int64_t extent = numel;  // global indices spanned: from the first element past the last
+  if (row_length && numel > 0) {
+    extent = check_row_length(op, *row_length, width, numel / width);
+  }
+  check_element_offset(op, element_offset, extent);
+  return make_mask_window(static_cast<uint64_t>(element_offset), numel, width,
+                          static_cast<uint64_t>(row_length.value_or(width)));
+}
+
+}  // namespace
+
+MaskWindow check_mask_apply_arguments(const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                      int64_t element_offset, std::optional<int64_t> row_length) {
   constexpr const char* op = "tinybig_cuda.bernoulli_mask_apply";
   check_maskable_dtype(op, "w", w);
   check_keep_probability(op, p);
   check_rng_state(op, rng_state, w.device());
-  check_element_offset(op, element_offset, w.numel());
+  return checked_window(op, w.sizes(), w.numel(), element_offset, row_length);
 }
 
 at::Tensor bernoulli_mask_apply_with(MaskedCopyKernel kernel, const at::Tensor& w, double p,
-                                     const at::Tensor& rng_state, int64_t element_offset) {
-  check_mask_apply_arguments(w, p, rng_state, element_offset);
+                                     const at::Tensor& rng_state, int64_t element_offset,
+                                     std::optional<int64_t> row_length) {
+  const MaskWindow window = check_mask_apply_arguments(w, p, rng_state, element_offset, row_length);
 
   // The output is always contiguous, so element i of the flat output is logical element i.
   at::Tensor output = empty_output(w.sizes(), w.options());
   if (w.numel() > 0) {
-    kernel(w, output, p, rng_state.contiguous(), static_cast<uint64_t>(element_offset));
+    kernel(w, output, p, rng_state.contiguous(), window);
   }
   return output;
 }
 
 at::Tensor bernoulli_mask_with(MaskedCopyKernel kernel, at::IntArrayRef shape, double p,
-                               const at::Tensor& rng_state, int64_t element_offset) {
+                               const at::Tensor& rng_state, int64_t element_offset,
+                               std::optional<int64_t> row_length) {
   constexpr const char* op = "tinybig_cuda.bernoulli_mask";
   const int64_t numel = check_shape(op, shape);
   check_keep_probability(op, p);
   check_rng_state(op, rng_state, rng_state.device());
-  check_element_offset(op, element_offset, numel);
+  const MaskWindow window = checked_window(op, shape, numel, element_offset, row_length);
   const at::TensorOptions options = rng_state.options().dtype(at::kBool);
   // The mask is the masked copy of an all-true tensor (one `true` expanded, so nothing of the
   // mask's size is allocated for it): one kernel serves both ops.
   at::Tensor mask = empty_output(shape, options);
   if (mask.numel() > 0) {
-    kernel(at::ones({}, options).expand(shape), mask, p, rng_state.contiguous(),
-           static_cast<uint64_t>(element_offset));
+    kernel(at::ones({}, options).expand(shape), mask, p, rng_state.contiguous(), window);
   }
   return mask;
 }
@@ -64,8 +87,11 @@ TORCH_LIBRARY(tinybig_cuda, m) {
   // CUDA graph replay reads whatever state was last written into it.
   // SymInt sizes, counts and offsets let torch.compile keep them symbolic instead of recompiling
   // for each value; the kernels take them as plain integers.
-  m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
-  m.def("bernoulli_mask(SymInt[] shape, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
+  // element_offset and row_length place the tensor in a larger matrix's mask (a shard): local
+  // element (r, c), r counting rows of the last dimension, is global element
+  // element_offset + r * row_length + c; row_length=None means rows follow one another.
+  m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
+  m.def("bernoulli_mask(SymInt[] shape, float p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
   // Compact parameters (only the kept entries stored): the mask's kept count, and the scatter and
   // gather between the kept values (in row-major order) and the full matrix, each the other's
   // adjoint. kept_count is an argument, not read from the mask, so compress's output shape is

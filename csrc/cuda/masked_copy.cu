@@ -22,16 +22,16 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 }
 
 template <typename Bits>
-cudaError_t launch(const void* input, void* output, int64_t numel, uint64_t element_offset,
+cudaError_t launch(const void* input, void* output, int64_t numel, const MaskWindow& window,
                    const int64_t* rng_state, uint64_t threshold, int device, cudaStream_t stream) {
   const MaskedCopyArgs<Bits> args{static_cast<const Bits*>(input), static_cast<Bits*>(output),
-                                  numel, element_offset,
-                                  groups_are_aligned<Bits>(input, output, element_offset)};
+                                  numel, window,
+                                  groups_are_aligned<Bits>(input, output, window, numel)};
   int multiprocessors = 0;
   cudaError_t status =
       cudaDeviceGetAttribute(&multiprocessors, cudaDevAttrMultiProcessorCount, device);
   if (status != cudaSuccess) return status;
-  const uint64_t blocks_needed = (group_count(args) + kThreadsPerBlock - 1) / kThreadsPerBlock;
+  const uint64_t blocks_needed = (slot_count(args) + kThreadsPerBlock - 1) / kThreadsPerBlock;
   const uint64_t blocks = std::min<uint64_t>(
       blocks_needed, static_cast<uint64_t>(multiprocessors) * kBlocksPerMultiprocessor);
   masked_copy_kernel<Bits><<<static_cast<unsigned>(blocks), kThreadsPerBlock, 0, stream>>>(
@@ -42,14 +42,14 @@ cudaError_t launch(const void* input, void* output, int64_t numel, uint64_t elem
 }  // namespace
 
 cudaError_t launch_masked_copy_cuda(const void* input, void* output, int element_size,
-                                    int64_t numel, uint64_t element_offset,
+                                    int64_t numel, const MaskWindow& window,
                                     const int64_t* rng_state, uint64_t threshold, int device,
                                     cudaStream_t stream) {
   switch (element_size) {
-    case 1: return launch<uint8_t>(input, output, numel, element_offset, rng_state, threshold, device, stream);
-    case 2: return launch<uint16_t>(input, output, numel, element_offset, rng_state, threshold, device, stream);
-    case 4: return launch<uint32_t>(input, output, numel, element_offset, rng_state, threshold, device, stream);
-    case 8: return launch<uint64_t>(input, output, numel, element_offset, rng_state, threshold, device, stream);
+    case 1: return launch<uint8_t>(input, output, numel, window, rng_state, threshold, device, stream);
+    case 2: return launch<uint16_t>(input, output, numel, window, rng_state, threshold, device, stream);
+    case 4: return launch<uint32_t>(input, output, numel, window, rng_state, threshold, device, stream);
+    case 8: return launch<uint64_t>(input, output, numel, window, rng_state, threshold, device, stream);
     default: return cudaErrorInvalidValue;
   }
 }
