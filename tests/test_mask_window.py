@@ -10,6 +10,10 @@ import itertools
 
 import pytest
 import torch
+
+if not torch.distributed.is_available():
+    pytest.skip("needs torch.distributed (DTensor)", allow_module_level=True)
+
 from torch.distributed.tensor import Partial, Replicate, Shard
 from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset
 

@@ -56,11 +56,12 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
         row_length = arguments.integer(op, "row_length", row_length)
     if not _dtensor_rules_registered and (_is_dtensor(w) or _is_dtensor(rng_state)):
         _register_dtensor_rules()
-    if torch.compiler.is_compiling():
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
         # p as data: torch.compile specialises an op's float argument (a graph per value), not a
         # tensor. After p changes once, torch.compile traces it as a symbolic float held in a
         # tensor, and this product (1.0 * p: exact) becomes that tensor: one graph for any p.
-        # (torch.scalar_tensor(p) would specialise p again.)
+        # (torch.scalar_tensor(p) would specialise p again.) An exported program has one p: it
+        # keeps the op with p as a float.
         p_tensor = torch.ones((), dtype=torch.float64, device="cpu") * p
         return torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(w, p_tensor, rng_state, element_offset, row_length)
     return torch.ops.tinybig_cuda.bernoulli_mask_apply.default(w, p, rng_state, element_offset, row_length)
