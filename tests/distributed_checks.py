@@ -84,6 +84,19 @@ def check_module(mesh, placements, shape):
     return {"forward": same_bits(out.full_tensor(), expected.detach()), "backward": same_bits(w.grad.full_tensor(), whole.grad)}
 
 
+def check_fresh_mask_module(mesh, placements, shape):
+    """fixed_mask=False: each rank draws the call's state from its own generator, so ranks seeded
+    alike mask as one process seeded the same way."""
+    n, D = shape
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    module = tinybig_cuda.masking_reconciliation(p=P, fixed_mask=False)
+    torch.manual_seed(11)
+    expected = module(w=weight, n=n, D=D)
+    torch.manual_seed(11)
+    out = module(w=distribute_tensor(weight, mesh, placements), n=n, D=D)
+    return {"forward": same_bits(out.full_tensor(), expected)}
+
+
 def gathered(tensor):
     pieces = [torch.empty_like(tensor) for _ in range(WORLD_SIZE)]
     dist.all_gather(pieces, tensor)
@@ -138,6 +151,7 @@ def run_checks():
     checks["mask shard0 7x5"] = lambda: check_mask(one_d, [Shard(0)], (7, 5))
     checks["module shard1 7x5"] = lambda: check_module(one_d, [Shard(1)], (7, 5))
     checks["module shard0 7x5"] = lambda: check_module(one_d, [Shard(0)], (7, 5))
+    checks["fresh-mask module shard1 7x5"] = lambda: check_fresh_mask_module(one_d, [Shard(1)], (7, 5))
     checks["broadcast_rng_states"] = check_broadcast_rng_states
     checks["meta init + reset_parameters"] = check_meta_init_reset_parameters
 

@@ -78,6 +78,10 @@ def test_module_on_a_dtensor_weight(results, placement):
     assert_check(results, f"module {placement} 7x5", "forward", "backward")
 
 
+def test_fresh_mask_module_on_a_dtensor_weight_with_ranks_seeded_alike(results):
+    assert_check(results, "fresh-mask module shard1 7x5", "forward")
+
+
 def test_broadcast_rng_states_gives_every_rank_rank_0s_states(results):
     assert_check(results, "broadcast_rng_states", "differed_before", "count", "equal_to_rank_0_after")
 

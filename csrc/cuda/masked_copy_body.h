@@ -35,12 +35,10 @@ struct MaskedCopyArgs {
 };
 
 // One row of the window: `count` elements, consecutive in memory and in the mask stream.
-template <typename Bits>
 struct MaskedRow {
-  const Bits* input;
-  Bits* output;
+  uint64_t local;  // the local index of the row's first element
   int64_t count;
-  uint64_t first;  // the global index of input[0]
+  uint64_t first;  // its global index
 };
 
 // Groups are aligned to global element indices, so a view that starts mid-vector still gets
@@ -59,12 +57,12 @@ inline bool groups_are_aligned(const void* input, const void* output, const Mask
 
 // The groups a row touches: from the one holding its first element to the one holding its last.
 template <typename Bits>
-TINYBIG_HOST_DEVICE uint64_t first_group(const MaskedRow<Bits>& row) {
+TINYBIG_HOST_DEVICE uint64_t first_group(const MaskedRow& row) {
   return row.first / group_elements<Bits>();
 }
 
 template <typename Bits>
-TINYBIG_HOST_DEVICE uint64_t last_group(const MaskedRow<Bits>& row) {
+TINYBIG_HOST_DEVICE uint64_t last_group(const MaskedRow& row) {
   return (row.first + row.count - 1) / group_elements<Bits>();
 }
 
@@ -94,57 +92,74 @@ TINYBIG_HOST_DEVICE Vector<Bits> load_vector(const Bits* source) {
 template <typename Bits>
 TINYBIG_HOST_DEVICE void store_vector(Bits* target, const Vector<Bits>& vector) {
 #ifdef __CUDA_ARCH__
-  *reinterpret_cast<Vector<Bits>*>(target) = vector;  // one 16-byte store
+  // One 16-byte store, spelled out: written as a Vector (or uint4) assignment, the compiler split
+  // it into 4-byte stores in kernels whose rows start at row_index * width (tests/test_cuda.py).
+  uint4 bits;
+  memcpy(&bits, &vector, sizeof(bits));
+  asm("st.global.v4.b32 [%0], {%1, %2, %3, %4};" ::"l"(__cvta_generic_to_global(target)),
+      "r"(bits.x), "r"(bits.y), "r"(bits.z), "r"(bits.w)
+      : "memory");
 #else
   std::memcpy(target, &vector, sizeof(vector));
 #endif
 }
 
-// Masks one group of a row: with vector loads and stores when it lies wholly inside the row and
-// the buffers are aligned, element by element at the ends and for misaligned views.
+// Masks one group that lies wholly inside its row, in aligned buffers: 16-byte loads and stores.
 template <typename Bits>
-TINYBIG_HOST_DEVICE void masked_copy_group(const MaskedRow<Bits>& row, bool vectorized,
-                                           const MaskKey& key, uint64_t group) {
+TINYBIG_HOST_DEVICE void masked_copy_vectors(const Bits* input, Bits* output, const MaskKey& key,
+                                             uint64_t group) {
   constexpr int kElements = group_elements<Bits>();
   constexpr int kLanes = kVectorBytes / sizeof(Bits);
-  const uint64_t group_begin = group * kElements;
-  const uint64_t row_end = row.first + row.count;
-  Bits values[kElements];
-  const bool whole = group_begin >= row.first && group_begin + kElements <= row_end;
-  const bool vector_path = whole && vectorized;
-  const int64_t first_local = static_cast<int64_t>(group_begin - row.first);
-
-  if (vector_path) {
+  Vector<Bits> vectors[kElements / kLanes];
 TINYBIG_UNROLL
-    for (int v = 0; v < kElements / kLanes; ++v) {
-      const Vector<Bits> vector = load_vector(row.input + first_local + v * kLanes);
+  for (int v = 0; v < kElements / kLanes; ++v) vectors[v] = load_vector(input + v * kLanes);
 TINYBIG_UNROLL
-      for (int lane = 0; lane < kLanes; ++lane) values[v * kLanes + lane] = vector.lane[lane];
+  for (int block = 0; block < kElements / kWordsPerBlock; ++block) {
+    const PhiloxWords words = mask_block_words(group * (kElements / kWordsPerBlock) + block, key);
+TINYBIG_UNROLL
+    for (int word = 0; word < kWordsPerBlock; ++word) {
+      const int e = block * kWordsPerBlock + word;
+      if (!keeps(words.word[word], key.threshold)) vectors[e / kLanes].lane[e % kLanes] = Bits(0);
     }
   }
+TINYBIG_UNROLL
+  for (int v = 0; v < kElements / kLanes; ++v) store_vector(output + v * kLanes, vectors[v]);
+}
+
+// Masks the elements of one group that lie inside its row, one at a time: a row's ends, and
+// misaligned views.
+template <typename Bits>
+TINYBIG_HOST_DEVICE void masked_copy_elements(const MaskedCopyArgs<Bits>& args, const MaskedRow& row,
+                                              const MaskKey& key, uint64_t group) {
+  constexpr int kElements = group_elements<Bits>();
+  const uint64_t group_begin = group * kElements;
+  const uint64_t row_end = row.first + row.count;
 TINYBIG_UNROLL
   for (int block = 0; block < kElements / kWordsPerBlock; ++block) {
     const PhiloxWords words = mask_block_words(group_begin / kWordsPerBlock + block, key);
 TINYBIG_UNROLL
     for (int word = 0; word < kWordsPerBlock; ++word) {
-      const int e = block * kWordsPerBlock + word;
-      const uint64_t global = group_begin + e;
-      if (vector_path) {
-        if (!keeps(words.word[word], key.threshold)) values[e] = Bits(0);
-      } else if (global >= row.first && global < row_end) {
-        const int64_t local = first_local + e;
-        row.output[local] = keeps(words.word[word], key.threshold) ? row.input[local] : Bits(0);
+      const uint64_t global = group_begin + block * kWordsPerBlock + word;
+      if (global >= row.first && global < row_end) {
+        const uint64_t local = row.local + (global - row.first);
+        args.output[local] = keeps(words.word[word], key.threshold) ? args.input[local] : Bits(0);
       }
     }
   }
-  if (vector_path) {
-TINYBIG_UNROLL
-    for (int v = 0; v < kElements / kLanes; ++v) {
-      Vector<Bits> vector;
-TINYBIG_UNROLL
-      for (int lane = 0; lane < kLanes; ++lane) vector.lane[lane] = values[v * kLanes + lane];
-      store_vector(row.output + first_local + v * kLanes, vector);
-    }
+}
+
+// Masks one group of a row: with vector loads and stores when it lies wholly inside the row and
+// the buffers are aligned, element by element otherwise.
+template <typename Bits>
+TINYBIG_HOST_DEVICE void masked_copy_group(const MaskedCopyArgs<Bits>& args, const MaskedRow& row,
+                                           const MaskKey& key, uint64_t group) {
+  constexpr int kElements = group_elements<Bits>();
+  const uint64_t group_begin = group * kElements;
+  if (args.vectorized && group_begin >= row.first && group_begin + kElements <= row.first + row.count) {
+    const uint64_t local = row.local + (group_begin - row.first);
+    masked_copy_vectors(args.input + local, args.output + local, key, group);
+  } else {
+    masked_copy_elements(args, row, key, group);
   }
 }
 
@@ -160,11 +175,10 @@ TINYBIG_HOST_DEVICE void masked_copy_thread(const MaskedCopyArgs<Bits>& args, co
   uint64_t row_index = thread / per_row;
   uint64_t slot = thread % per_row;
   for (uint64_t s = thread; s < slots; s += thread_count) {
-    const MaskedRow<Bits> row{args.input + row_index * width, args.output + row_index * width,
-                              args.window.width,
-                              args.window.offset + row_index * args.window.row_length};
-    const uint64_t group = first_group(row) + slot;
-    if (group <= last_group(row)) masked_copy_group(row, args.vectorized, key, group);
+    const MaskedRow row{row_index * width, args.window.width,
+                        args.window.offset + row_index * args.window.row_length};
+    const uint64_t group = first_group<Bits>(row) + slot;
+    if (group <= last_group<Bits>(row)) masked_copy_group(args, row, key, group);
     slot += thread_count;
     if (slot >= per_row) {  // only a window of several rows gets here before the loop ends
       row_index += slot / per_row;
