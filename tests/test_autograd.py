@@ -30,12 +30,17 @@ def test_opcheck_bernoulli_mask_apply(device, dtype, layout, requires_grad):
     w = _input(layout, dtype, device, requires_grad)
     torch.library.opcheck(APPLY, (w, 0.5, make_state(-5, 2**40, device)))
     torch.library.opcheck(APPLY, (w, 0.3, make_state(1, 2, device), 3))
+    torch.library.opcheck(APPLY, (w, 0.3, make_state(1, 2, device), 3, w.shape[-1] + 5))  # a window
+    # The form torch.compile calls, with p as data.
+    p_tensor = torch.tensor(0.3, dtype=torch.float64)
+    torch.library.opcheck(torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor.default, (w, p_tensor, make_state(1, 2, device), 3, None))
 
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [[5, 7], [0, 3], [4099]])
 def test_opcheck_bernoulli_mask(device, shape):
     torch.library.opcheck(MASK, (shape, 0.5, make_state(-1, -1, device)))
+    torch.library.opcheck(MASK, (shape, 0.5, make_state(-1, -1, device), 7, shape[-1] + 2))
 
 
 @pytest.mark.parametrize("device", DEVICES)

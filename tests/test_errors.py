@@ -284,6 +284,20 @@ def test_module_shares_the_policy():
         module.generate_masking_matrix(2, 2.0)
 
 
+def test_row_length_is_checked_and_named():
+    state = make_state(1, 2)
+    w = torch.ones(3, 4)
+    with pytest.raises(ValueError, match=error_pattern("row_length", ">= 4", "3")):
+        tinybig_cuda.bernoulli_mask_apply(w, 0.5, state, 0, row_length=3)
+    with pytest.raises(ValueError, match=error_pattern("row_length", ">= 4", "-1")):
+        tinybig_cuda.bernoulli_mask((3, 4), 0.5, state, 0, row_length=-1)
+    with pytest.raises(TypeError, match=error_pattern("row_length", "int", re.escape("4.0"))):
+        tinybig_cuda.bernoulli_mask_apply(w, 0.5, state, 0, row_length=4.0)
+    # An offset within int64 whose window's last row is not: refused, not wrapped around.
+    with pytest.raises(ValueError, match=error_pattern("element_offset", r"2\*\*63", str(2**63 - 20))):
+        tinybig_cuda.bernoulli_mask_apply(w, 0.5, state, 2**63 - 20, row_length=10)
+
+
 def test_counts_and_shapes_follow_the_policy():
     state = make_state(1, 2)
     with pytest.raises(TypeError, match=error_pattern("kept_count", "int", "True")):
@@ -314,7 +328,13 @@ FAKE_AND_REAL_CASES = {
     "apply 2-D state": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE.view(1, 2), 0)),
     "apply negative offset": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE, -1)),
     "apply offset past int64": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE, 2**63 - 1)),
+    "apply window ok": (OPS.bernoulli_mask_apply, (torch.ones(3, 4), 0.5, STATE, 5, 10)),
+    "apply rows overlap": (OPS.bernoulli_mask_apply, (torch.ones(3, 4), 0.5, STATE, 0, 3)),
+    "apply window past int64": (OPS.bernoulli_mask_apply, (torch.ones(3, 4), 0.5, STATE, 0, 2**62)),
+    "apply window offset past int64": (OPS.bernoulli_mask_apply, (torch.ones(3, 4), 0.5, STATE, 2**63 - 20, 10)),
     "mask ok": (OPS.bernoulli_mask, ([2, 0, 2**62], 0.5, STATE, 0)),
+    "mask window ok": (OPS.bernoulli_mask, ([2, 3], 0.5, STATE, 7, 3)),
+    "mask rows overlap": (OPS.bernoulli_mask, ([2, 3], 0.5, STATE, 0, 2)),
     "mask negative size": (OPS.bernoulli_mask, ([3, -1], 0.5, STATE, 0)),
     "mask 2**63 elements": (OPS.bernoulli_mask, ([2**32, 2**31], 0.5, STATE, 0)),
     "mask offset past int64": (OPS.bernoulli_mask, ([10], 0.5, STATE, 2**63 - 5)),

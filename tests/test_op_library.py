@@ -131,6 +131,7 @@ def test_import_refuses_a_build_for_another_torch():
         import sys, types
         built = types.ModuleType("tinybig_cuda._build_info")
         built.TORCH_VERSION = "2.0.0+cu118"  # what a user upgraded from
+        built.OP_LIBRARY = "libtinybig_cuda_ops.so"
         sys.modules["tinybig_cuda._build_info"] = built
         import tinybig_cuda
         """)

@@ -11,18 +11,32 @@
     cpu_output_cache_info, set_cpu_output_cache_limit, empty_cpu_output_cache
                                             the cache that reuses large CPU outputs' memory
     patch_tinybig()                         make tinyBIG build this package's masking_reconciliation
+    distributed.broadcast_rng_states        one mask state on every rank (FSDP2); DTensor support
 """
 
+import sys
+
 from . import _library  # first: checks the build against this torch and loads the ops
-from . import reference
+from . import ops, reference
 from .modules import fabrication, masking_reconciliation
 from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_mask_expand, count_kept
 from .drop_in import patch_tinybig
 from .memory import cpu_output_cache_info, empty_cpu_output_cache, set_cpu_output_cache_limit
 from .ops import bernoulli_mask, bernoulli_mask_apply
 
+if "torch.distributed.tensor" in sys.modules:  # DTensor in use: register its rules now (else at first use)
+    ops._register_dtensor_rules()
+
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask", "fabrication", "masking_reconciliation", "reference"]
 __all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
 __all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache", "patch_tinybig"]
 __version__ = "0.1.0"
 op_library_path = _library.OP_LIBRARY_PATH  # for torch.ops.load_library, AOTInductor runners and C++
+
+
+def __getattr__(name):
+    # tinybig_cuda.distributed on first use: it imports torch.distributed.tensor (about a second).
+    if name == "distributed":
+        ops._register_dtensor_rules()
+        return sys.modules[f"{__name__}.distributed"]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

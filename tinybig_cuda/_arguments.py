@@ -109,6 +109,24 @@ def fake_check_element_offset(op, element_offset, numel):
     )
 
 
+def fake_check_window(op, element_offset, row_length, shape, numel):
+    """element_offset and row_length of a tensor of `shape` (csrc/ops.cpp's checked_window)."""
+    extent = numel
+    if row_length is not None and numel > 0:
+        width = shape[-1] if len(shape) > 0 else 1
+        torch._check_value(
+            row_length >= width,
+            lambda: f"{op}: expected row_length >= {width} (the width of a row, the last dimension: rows of a window cannot overlap), but got {row_length}",
+        )
+        rows = numel // width
+        torch._check_value(
+            rows - 1 <= (INT64_MAX - width) // row_length,
+            lambda: f"{op}: expected a window within 2**63 - 1 elements, but got {rows} rows of row_length {row_length}",
+        )
+        extent = (rows - 1) * row_length + width
+    fake_check_element_offset(op, element_offset, extent)
+
+
 def fake_check_shape(op, sizes, max_elements=INT64_MAX):
     """The number of elements of `sizes`: each >= 0, at most max_elements in all."""
     for size in sizes:

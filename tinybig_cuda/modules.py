@@ -124,8 +124,13 @@ class masking_reconciliation(fabrication):
         self.compact = bool(compact)
         self._kept_counts = {}  # (n, D, p, device, state value) -> K, so forward checks w without recounting
         self._mask_matrix_of = None  # (n, D, device or None for rng_state's): what mask_matrix shows
-        # Drawn on the CPU, so one torch.manual_seed gives one mask on every device.
-        self.register_buffer("rng_state", _draw_rng_state("cpu"), persistent=self.fixed_mask)
+        # Drawn on the CPU, so one torch.manual_seed gives one mask on every device. Under a meta
+        # device (FSDP2's deferred init) nothing is drawn: to_empty() then reset_parameters() make it.
+        if torch.get_default_device().type == "meta":
+            state = torch.empty(2, dtype=torch.int64, device="meta")
+        else:
+            state = _draw_rng_state("cpu")
+        self.register_buffer("rng_state", state, persistent=self.fixed_mask)
 
     @property
     def p(self):
@@ -138,7 +143,10 @@ class masking_reconciliation(fabrication):
 
     def reset_parameters(self):
         """Draws a new ``rng_state`` (so a new mask) from torch's default CPU generator, in place on
-        the buffer's device: processes seeded alike draw the same state."""
+        the buffer's device: processes seeded alike draw the same state. With FSDP2's meta-device
+        init (``to_empty``, then ``reset_parameters()`` on every module that has it), either seed
+        every rank alike or call ``tinybig_cuda.distributed.broadcast_rng_states`` once after init:
+        FSDP2 does not broadcast buffers."""
         with torch.no_grad():
             self.rng_state.copy_(_draw_rng_state("cpu"))
 
@@ -377,6 +385,10 @@ _REQUESTED_DEVICES = {}  # device argument (tinyBIG passes strings) -> torch.dev
 
 
 def _requested_device(device):
+    if _is_compiling():
+        # Not through the cache: torch.compile would guard on its contents, and the next eager
+        # call, filling it, would recompile the graph.
+        return torch.device(device)
     requested = _REQUESTED_DEVICES.get(device)
     if requested is None:
         requested = _REQUESTED_DEVICES.setdefault(device, torch.device(device))

@@ -2,7 +2,7 @@
 
 The ops' autograd is registered in C++ (csrc/ops/autograd.cpp)."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 
@@ -11,7 +11,8 @@ from . import _arguments as arguments
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask"]
 
 
-def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, element_offset: int = 0) -> torch.Tensor:
+def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, element_offset: int = 0,
+                         row_length: Optional[int] = None) -> torch.Tensor:
     """Masks `w` with a Bernoulli(p) keep-mask generated on the fly from `rng_state`.
 
     Element i of `w` (its row-major flat index, whatever its strides) is kept iff Philox word
@@ -25,6 +26,15 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
         rng_state: int64 tensor ``[seed, offset]`` on `w`'s device.
         element_offset: flat index of `w`'s first element in a larger logical matrix (for
             shards of one weight); 0 for a whole matrix.
+        row_length: for a window of a larger matrix (a shard of columns): the larger matrix's
+            row length, so that element (r, c) of `w` (r counting rows of its last dimension) is
+            element ``element_offset + r * row_length + c`` of the larger one. None (the default):
+            rows follow one another, element i is ``element_offset + i``.
+
+    A DTensor `w` is masked shard by shard with the geometry of each shard in the whole tensor
+    (`rng_state` a plain tensor, the same on every rank, or a replicated DTensor): the result is
+    a DTensor placed like `w` whose ``full_tensor()`` is the mask of the unsharded tensor
+    (`tinybig_cuda.distributed`).
 
     Returns:
         A new contiguous tensor of `w`'s shape and dtype.
@@ -32,10 +42,23 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     op = "tinybig_cuda.bernoulli_mask_apply"
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
-    return torch.ops.tinybig_cuda.bernoulli_mask_apply.default(w, p, rng_state, element_offset)
+    if row_length is not None:
+        row_length = arguments.integer(op, "row_length", row_length)
+    if not _dtensor_rules_registered and (_is_dtensor(w) or _is_dtensor(rng_state)):
+        _register_dtensor_rules()
+    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+        # p as data: torch.compile specialises an op's float argument (a graph per value), not a
+        # tensor. After p changes once, torch.compile traces it as a symbolic float held in a
+        # tensor, and this product (1.0 * p: exact) becomes that tensor: one graph for any p.
+        # (torch.scalar_tensor(p) would specialise p again.) An exported program has one p: it
+        # keeps the op with p as a float.
+        p_tensor = torch.ones((), dtype=torch.float64, device="cpu") * p
+        return torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(w, p_tensor, rng_state, element_offset, row_length)
+    return torch.ops.tinybig_cuda.bernoulli_mask_apply.default(w, p, rng_state, element_offset, row_length)
 
 
-def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, element_offset: int = 0) -> torch.Tensor:
+def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, element_offset: int = 0,
+                   row_length: Optional[int] = None, *, device_mesh=None, placements=None) -> torch.Tensor:
     """The boolean keep-mask that `bernoulli_mask_apply` uses, materialised for inspection.
 
     Args:
@@ -43,6 +66,12 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
         p: keep probability in [0, 1].
         rng_state: int64 tensor ``[seed, offset]``; the mask is made on its device.
         element_offset: flat index of the mask's first element in a larger logical matrix.
+        row_length: the larger matrix's row length when the mask is a window of it (see
+            `bernoulli_mask_apply`); None: rows follow one another.
+        device_mesh, placements: keyword only. Make the mask as a DTensor of global `shape` with
+            these placements (as ``torch.distributed.tensor.randn`` takes them): each rank makes
+            only its shard, and ``full_tensor()`` is the unsharded mask. With a replicated DTensor
+            `rng_state`, its mesh is the default and Replicate() the default placement.
 
     Returns:
         A contiguous bool tensor of `shape`, True where elements are kept.
@@ -51,27 +80,86 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
     shape = arguments.shape(op, shape)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
-    return torch.ops.tinybig_cuda.bernoulli_mask.default(shape, p, rng_state, element_offset)
+    if row_length is not None:
+        row_length = arguments.integer(op, "row_length", row_length)
+    if device_mesh is not None or placements is not None or _is_dtensor(rng_state):
+        _register_dtensor_rules()
+        from .distributed import sharded_bernoulli_mask
+
+        return sharded_bernoulli_mask(shape, p, rng_state, element_offset, row_length, device_mesh, placements)
+    return torch.ops.tinybig_cuda.bernoulli_mask.default(shape, p, rng_state, element_offset, row_length)
+
+
+def _is_dtensor(tensor):
+    # By name: importing torch.distributed.tensor to compare classes costs about a second.
+    return type(tensor).__name__ == "DTensor"
+
+
+_dtensor_rules_registered = False
+
+
+def _register_dtensor_rules():
+    """Imports tinybig_cuda.distributed, which registers how the ops treat a DTensor: at the first
+    DTensor the entry points see, or at import if DTensor is already loaded (tinybig_cuda/__init__.py)."""
+    global _dtensor_rules_registered
+    from . import distributed  # noqa: F401
+
+    _dtensor_rules_registered = True
+
+
+@torch.library.custom_op("tinybig_cuda::bernoulli_mask_apply_p_tensor", mutates_args=())
+def _bernoulli_mask_apply_p_tensor(
+    w: torch.Tensor, p: torch.Tensor, rng_state: torch.Tensor, element_offset: int = 0, row_length: Optional[int] = None
+) -> torch.Tensor:
+    """bernoulli_mask_apply with p as a one-element float tensor on the CPU, for torch.compile: a
+    new value of p is new data for the same graph. The same kernel, so the same bits."""
+    torch._check_value(
+        p.numel() == 1 and p.dtype.is_floating_point and p.device.type == "cpu",
+        lambda: f"tinybig_cuda.bernoulli_mask_apply: expected p as one float on the CPU, but got {p.numel()} of dtype {p.dtype} on {p.device}",
+    )
+    return torch.ops.tinybig_cuda.bernoulli_mask_apply.default(w, p.item(), rng_state, element_offset, row_length)
+
+
+@_bernoulli_mask_apply_p_tensor.register_fake
+def _(w, p, rng_state, element_offset=0, row_length=None):
+    op = "tinybig_cuda.bernoulli_mask_apply"
+    arguments.check_maskable_dtype(op, "w", w)
+    arguments.fake_check_rng_state(op, rng_state, w.device)
+    arguments.fake_check_window(op, element_offset, row_length, w.shape, w.numel())
+    return torch.empty(w.shape, dtype=w.dtype, device=w.device)
+
+
+def _p_tensor_setup_context(ctx, inputs, output):
+    _, ctx.p, ctx.rng_state, ctx.element_offset, ctx.row_length = inputs
+
+
+def _p_tensor_backward(ctx, grad):
+    # The mask is its own Jacobian's diagonal: the backward masks the gradient with the same state.
+    grad_w = torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(grad, ctx.p, ctx.rng_state, ctx.element_offset, ctx.row_length)
+    return grad_w, None, None, None, None
+
+
+_bernoulli_mask_apply_p_tensor.register_autograd(_p_tensor_backward, setup_context=_p_tensor_setup_context)
 
 
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply")
-def _(w, p, rng_state, element_offset=0):
+def _(w, p, rng_state, element_offset=0, row_length=None):
     # The same checks as the kernels (tinybig_cuda/_arguments.py): the fakes also run where no
     # real kernel would (a meta rng_state beside a CPU w dispatches here).
     op = "tinybig_cuda.bernoulli_mask_apply"
     arguments.check_maskable_dtype(op, "w", w)
     arguments.fake_check_probability(op, p)
     arguments.fake_check_rng_state(op, rng_state, w.device)
-    arguments.fake_check_element_offset(op, element_offset, w.numel())
+    arguments.fake_check_window(op, element_offset, row_length, w.shape, w.numel())
     # The real kernels always return a fresh contiguous tensor, so the fake one does too.
     return torch.empty(w.shape, dtype=w.dtype, device=w.device)
 
 
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask")
-def _(shape, p, rng_state, element_offset=0):
+def _(shape, p, rng_state, element_offset=0, row_length=None):
     op = "tinybig_cuda.bernoulli_mask"
     numel = arguments.fake_check_shape(op, shape)
     arguments.fake_check_probability(op, p)
     arguments.fake_check_rng_state(op, rng_state, rng_state.device)
-    arguments.fake_check_element_offset(op, element_offset, numel)
+    arguments.fake_check_window(op, element_offset, row_length, shape, numel)
     return torch.empty(shape, dtype=torch.bool, device=rng_state.device)

@@ -15,13 +15,13 @@ __global__ void __launch_bounds__(kThreadsPerBlock)
 }
 
 template <typename Bits>
-cudaError_t launch(const void* input, void* output, int64_t numel, uint64_t element_offset,
+cudaError_t launch(const void* input, void* output, int64_t numel, const MaskWindow& window,
                    const int64_t* rng_state, uint64_t threshold, int device, cudaStream_t stream) {
   const MaskedCopyArgs<Bits> args{static_cast<const Bits*>(input), static_cast<Bits*>(output),
-                                  numel, element_offset,
-                                  groups_are_aligned<Bits>(input, output, element_offset)};
+                                  numel, window,
+                                  groups_are_aligned<Bits>(input, output, window, numel)};
   unsigned blocks = 0;
-  const cudaError_t status = grid_stride_blocks(group_count(args), device, &blocks);
+  const cudaError_t status = grid_stride_blocks(slot_count(args), device, &blocks);
   if (status != cudaSuccess) return status;
   masked_copy_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(args, rng_state, threshold);
   return cudaGetLastError();
@@ -30,11 +30,11 @@ cudaError_t launch(const void* input, void* output, int64_t numel, uint64_t elem
 }  // namespace
 
 cudaError_t launch_masked_copy_cuda(const void* input, void* output, int element_size,
-                                    int64_t numel, uint64_t element_offset,
+                                    int64_t numel, const MaskWindow& window,
                                     const int64_t* rng_state, uint64_t threshold, int device,
                                     cudaStream_t stream) {
   return visit_element_bits(element_size, [&](auto bits) {
-    return launch<decltype(bits)>(input, output, numel, element_offset, rng_state, threshold, device, stream);
+    return launch<decltype(bits)>(input, output, numel, window, rng_state, threshold, device, stream);
   });
 }
 

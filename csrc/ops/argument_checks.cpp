@@ -50,6 +50,17 @@ void check_element_offset(const char* op, int64_t element_offset, int64_t numel)
                     element_offset, " with ", numel, " elements");
 }
 
+int64_t check_row_length(const char* op, int64_t row_length, int64_t width, int64_t rows) {
+  TORCH_CHECK_VALUE(row_length >= width, op, ": expected row_length >= ", width,
+                    " (the width of a row, the last dimension: rows of a window cannot overlap), but got ",
+                    row_length);
+  constexpr int64_t largest = std::numeric_limits<int64_t>::max();
+  TORCH_CHECK_VALUE(rows - 1 <= (largest - width) / row_length, op,
+                    ": expected a window within 2**63 - 1 elements, but got ", rows,
+                    " rows of row_length ", row_length);
+  return (rows - 1) * row_length + width;
+}
+
 void check_maskable_dtype(const char* op, const char* argument, const at::Tensor& tensor) {
   const at::ScalarType dtype = tensor.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||

@@ -61,16 +61,20 @@ SavedMask load_mask(AutogradContext* context) {
 class MaskApply : public torch::autograd::Function<MaskApply> {
  public:
   static at::Tensor forward(AutogradContext* context, const at::Tensor& w, double p,
-                            const at::Tensor& rng_state, c10::SymInt element_offset) {
+                            const at::Tensor& rng_state, c10::SymInt element_offset,
+                            std::optional<c10::SymInt> row_length) {
     save_mask(context, rng_state, p, element_offset);
+    context->saved_data["row_length"] = row_length;
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    return call_mask_apply(w, p, rng_state, element_offset);
+    return call_mask_apply(w, p, rng_state, element_offset, row_length);
   }
 
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
     const SavedMask mask = load_mask(context);
-    return {call_mask_apply(grad_outputs[0], mask.p, mask.rng_state, mask.element_offset),
-            at::Tensor(), at::Tensor(), at::Tensor()};
+    const std::optional<c10::SymInt> row_length =
+        context->saved_data["row_length"].toOptional<c10::SymInt>();
+    return {call_mask_apply(grad_outputs[0], mask.p, mask.rng_state, mask.element_offset, row_length),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
@@ -78,7 +82,8 @@ class MaskApply : public torch::autograd::Function<MaskApply> {
 // rather than MaskApply: a torch::autograd::Function's context (a string-keyed map of saved
 // values, input and output bookkeeping) cost more than the op itself at tinyBIG's sizes. It saves
 // the same (the state, p and the offset), but has no compiled-autograd support, so the module
-// takes the op (and MaskApply) while compiled autograd is on.
+// takes the op (and MaskApply) while compiled autograd is on. The module masks whole tensors, so
+// this node has no row_length.
 struct MaskApplyBackward final : public torch::autograd::Node {
   torch::autograd::SavedVariable rng_state;  // checks, at unpack, that no one wrote to the state
   double p = 0.0;
@@ -88,7 +93,7 @@ struct MaskApplyBackward final : public torch::autograd::Node {
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) return {at::Tensor()};
     // Through the dispatcher (with autograd), so a double backward is recorded too.
-    at::Tensor grad_w = call_mask_apply(grads[0], p, rng_state.unpack(getptr()), element_offset);
+    at::Tensor grad_w = call_mask_apply(grads[0], p, rng_state.unpack(getptr()), element_offset, std::nullopt);
     return {grad_w.sym_sizes() == c10::SymIntArrayRef(input_sizes) ? grad_w : grad_w.view_symint(input_sizes)};
   }
   std::string name() const override { return "BernoulliMaskApplyBackward"; }
@@ -149,7 +154,7 @@ at::Tensor mask_apply_with_history(const at::Tensor& w, double p, const at::Tens
   at::Tensor output;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    output = call_mask_apply(w, p, rng_state, element_offset);
+    output = call_mask_apply(w, p, rng_state, element_offset, std::nullopt);
     // Below autograd a view is a plain alias: the node below owns the whole history.
     if (output_sizes) output = output.view_symint(*output_sizes);
   }
@@ -167,8 +172,8 @@ at::Tensor mask_apply_with_history(const at::Tensor& w, double p, const at::Tens
 
 TORCH_LIBRARY_IMPL(tinybig_cuda, Autograd, m) {
   m.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p, const at::Tensor& rng_state,
-                                    c10::SymInt element_offset) {
-    return MaskApply::apply(w, p, rng_state, std::move(element_offset));
+                                    c10::SymInt element_offset, std::optional<c10::SymInt> row_length) {
+    return MaskApply::apply(w, p, rng_state, std::move(element_offset), std::move(row_length));
   });
   m.impl("bernoulli_mask_expand",
          [](const at::Tensor& values, double p, const at::Tensor& rng_state,

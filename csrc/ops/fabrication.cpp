@@ -39,7 +39,7 @@ std::tuple<at::Tensor, at::Tensor> masked_fabrication(const at::Tensor& w, int64
   at::Tensor matrix;
   if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) {
     // A torch.func transform is active: take every dispatch key the op has (vmap's included).
-    matrix = call_mask_apply(w, p, state, 0).view({n, D});
+    matrix = call_mask_apply(w, p, state, 0, std::nullopt).view({n, D});
   } else {
     // The op's own autograd, entered directly, with the (n, D) view folded into its node. Viewing
     // the contiguous output, rather than reshaping w, never copies a w that cannot be viewed.

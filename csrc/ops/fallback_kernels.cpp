@@ -16,6 +16,8 @@
 #include <ATen/ops/zeros.h>
 #include <torch/library.h>
 
+#include <optional>
+
 #include "ops/compact.h"
 #include "ops/masking.h"
 #include "ops/op_handles.h"
@@ -28,11 +30,14 @@ namespace {
 const c10::DispatchKeySet kCpuKernel(c10::DispatchKey::CPU);
 
 // The bool mask of `shape`, on the CPU.
-at::Tensor cpu_mask(at::IntArrayRef shape, double p, const at::Tensor& rng_state, uint64_t element_offset) {
-  static const auto op = find_op<at::Tensor(c10::SymIntArrayRef, double, const at::Tensor&, c10::SymInt)>(
-      "tinybig_cuda::bernoulli_mask");
+at::Tensor cpu_mask(at::IntArrayRef shape, double p, const at::Tensor& rng_state, uint64_t element_offset,
+                    std::optional<uint64_t> row_length = std::nullopt) {
+  static const auto op = find_op<at::Tensor(c10::SymIntArrayRef, double, const at::Tensor&, c10::SymInt,
+                                            std::optional<c10::SymInt>)>("tinybig_cuda::bernoulli_mask");
+  const auto symbolic = [](uint64_t value) { return c10::SymInt(static_cast<int64_t>(value)); };
   return op.redispatch(kCpuKernel, c10::fromIntArrayRefSlow(shape), p, rng_state.to(at::kCPU),
-                       c10::SymInt(static_cast<int64_t>(element_offset)));
+                       symbolic(element_offset),
+                       row_length ? std::optional<c10::SymInt>(symbolic(*row_length)) : std::nullopt);
 }
 
 // The mask on `device`, and the number of entries it keeps.
@@ -48,8 +53,12 @@ DeviceMask device_mask(at::IntArrayRef shape, double p, const at::Tensor& rng_st
 }
 
 void masked_copy_fallback(const at::Tensor& input, at::Tensor& output, double p,
-                          const at::Tensor& rng_state, uint64_t element_offset) {
-  const at::Tensor mask = cpu_mask(input.sizes(), p, rng_state, element_offset).to(input.device());
+                          const at::Tensor& rng_state, const MaskWindow& window) {
+  // A window of one run is a plain offset; any other has rows of the shape's last dimension.
+  const bool one_run = window.row_length == static_cast<uint64_t>(window.width);
+  const at::Tensor mask = cpu_mask(input.sizes(), p, rng_state, window.offset,
+                                   one_run ? std::nullopt : std::optional<uint64_t>(window.row_length))
+                              .to(input.device());
   // Select semantics, as on the CPU and CUDA: kept entries copied bit for bit, dropped ones zero.
   at::where_out(output, mask, input, at::zeros({}, input.options()));
 }

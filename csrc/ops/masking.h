@@ -9,16 +9,18 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
+#include "mask_window.h"
+
 namespace tinybig_cuda {
 
 struct MaskingKernels {
-  // Writes output[k] = input's row-major logical element k where global element element_offset + k
-  // is kept, and zero bits (+0.0, false) elsewhere. The output is contiguous; the input may have
+  // Writes output[k] = input's row-major logical element k where global element
+  // global_index(window, k) is kept, and zero bits (+0.0, false) elsewhere. The output is contiguous; the input may have
   // any strides (a gradient is often expanded or transposed), so each device reads it in place or
   // makes it contiguous itself. Both are non-empty, of one dtype, on one device; the arguments are
   // checked.
   void (*masked_copy)(const at::Tensor& input, at::Tensor& output, double p,
-                      const at::Tensor& rng_state, uint64_t element_offset);
+                      const at::Tensor& rng_state, const MaskWindow& window);
 };
 
 void register_masking_ops(torch::Library& library, MaskingKernels kernels);

@@ -5,6 +5,8 @@
 #include <ATen/core/Tensor.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
+#include <optional>
+
 namespace tinybig_cuda {
 
 template <typename Signature>
@@ -13,11 +15,12 @@ c10::TypedOperatorHandle<Signature> find_op(const char* name) {
 }
 
 inline at::Tensor call_mask_apply(const at::Tensor& w, double p, const at::Tensor& rng_state,
-                                  const c10::SymInt& element_offset) {
+                                  const c10::SymInt& element_offset,
+                                  const std::optional<c10::SymInt>& row_length) {
   static const auto op =
-      find_op<at::Tensor(const at::Tensor&, double, const at::Tensor&, c10::SymInt)>(
-          "tinybig_cuda::bernoulli_mask_apply");
-  return op.call(w, p, rng_state, element_offset);
+      find_op<at::Tensor(const at::Tensor&, double, const at::Tensor&, c10::SymInt,
+                         std::optional<c10::SymInt>)>("tinybig_cuda::bernoulli_mask_apply");
+  return op.call(w, p, rng_state, element_offset, row_length);
 }
 
 }  // namespace tinybig_cuda

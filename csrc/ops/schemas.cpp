@@ -8,8 +8,11 @@ TORCH_LIBRARY(tinybig_cuda, m) {
   // CUDA graph replay reads whatever state was last written into it.
   // SymInt sizes, counts and offsets let torch.compile keep them symbolic instead of recompiling
   // for each value; the kernels take them as plain integers.
-  m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
-  m.def("bernoulli_mask(SymInt[] shape, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
+  // element_offset and row_length place the tensor in a larger matrix's mask (a shard): local
+  // element (r, c), r counting rows of the last dimension, is global element
+  // element_offset + r * row_length + c; row_length=None means rows follow one another.
+  m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
+  m.def("bernoulli_mask(SymInt[] shape, float p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
   // Compact parameters (only the kept entries stored): the mask's kept count, and the scatter and
   // gather between the kept values (in row-major order) and the full matrix, each the other's
   // adjoint. kept_count is an argument, not read from the mask, so compress's output shape is

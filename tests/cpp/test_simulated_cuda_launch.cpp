@@ -1,5 +1,5 @@
 // Runs the CUDA kernel's per-thread body on the host for every thread of simulated launches
-// and compares every output bit with the CPU's scalar path.
+// and compares every output bit with the CPU's scalar path, for whole tensors and windows.
 #include <cstring>
 #include <random>
 #include <vector>
@@ -7,6 +7,7 @@
 #include "check.h"
 #include "cpu/masked_copy.h"
 #include "cuda/masked_copy_body.h"
+#include "mask_window.h"
 
 using namespace tinybig_cuda;
 
@@ -17,19 +18,36 @@ struct Coverage {
   int scalar_only = 0;
 };
 
+// The CPU scalar path's output for a window: each row masked by its own run of global indices.
+template <typename Bits>
+void expected_output(const Bits* input, Bits* expected, int64_t numel, const MaskWindow& window,
+                     const MaskKey& key) {
+  for_each_run(window, 0, numel, [&](int64_t local, int64_t count, uint64_t global) {
+    masked_copy_range(CpuIsa::kScalar, input + local, expected + local, sizeof(Bits), 0, count,
+                      global, key);
+  });
+}
+
 template <typename Bits>
 void check_launches(Coverage& coverage) {
   const MaskKey keys[] = {{0x0123456789abcdefull, 0xfedcba9876543210ull, keep_threshold(0.3)},
                           {0xffffffffffffffffull, 0, keep_threshold(1.0)},
                           {7, 0xffffffffffffffffull, keep_threshold(0.0)}};
   const int64_t group = group_elements<Bits>();
-  const int64_t sizes[] = {1, 3, 4, 5, 4099, group + 1, 2 * group - 1};
+  // {numel, width, row_length - width}: whole tensors (one row), then windows of several rows
+  // (a shard of columns), rows shorter and longer than a group, gaps that keep or break alignment.
+  const int64_t geometries[][3] = {{1, 1, 0},         {3, 3, 0},          {4, 4, 0},
+                                   {5, 5, 0},         {4099, 4099, 0},    {group + 1, group + 1, 0},
+                                   {2 * group - 1, 2 * group - 1, 0},     {15, 3, 1},
+                                   {5 * group, group, group},             {7 * (group + 1), group + 1, 5},
+                                   {4 * (2 * group + 3), 2 * group + 3, 2 * group}};
   const uint64_t element_offsets[] = {0, 1, 2, 3, (uint64_t{1} << 33) + 5};
   const int grids[] = {1, 3, 64};
   const int blocks[] = {1, 32, 256};
 
   std::mt19937_64 random(42);
-  for (const int64_t numel : sizes) {
+  for (const auto& geometry : geometries) {
+    const int64_t numel = geometry[0];
     // Over-allocated, 16-byte aligned buffers, so views can start 0-3 elements in.
     std::vector<Vector<Bits>> input_storage(numel * sizeof(Bits) / kVectorBytes + 2);
     std::vector<Vector<Bits>> output_storage(input_storage.size());
@@ -41,11 +59,12 @@ void check_launches(Coverage& coverage) {
       const Bits* input = input_storage.front().lane + shift;
       Bits* output = output_storage.front().lane + shift;
       for (const uint64_t element_offset : element_offsets) {
+        const MaskWindow window = make_mask_window(element_offset, numel, geometry[1],
+                                                   static_cast<uint64_t>(geometry[1] + geometry[2]));
         for (const MaskKey& key : keys) {
-          masked_copy_range(CpuIsa::kScalar, input, expected.data(), sizeof(Bits), 0, numel,
-                            element_offset, key);
-          const MaskedCopyArgs<Bits> args{input, output, numel, element_offset,
-                                          groups_are_aligned<Bits>(input, output, element_offset)};
+          expected_output(input, expected.data(), numel, window, key);
+          const MaskedCopyArgs<Bits> args{input, output, numel, window,
+                                          groups_are_aligned<Bits>(input, output, window, numel)};
           ++(args.vectorized ? coverage.vectorized : coverage.scalar_only);
           for (const int grid : grids) {
             for (const int block : blocks) {
@@ -55,8 +74,9 @@ void check_launches(Coverage& coverage) {
                 masked_copy_thread(args, key, thread, threads);
               }
               const bool same = test::same_bytes(output, expected.data(), numel * sizeof(Bits));
-              CHECK(same, "%zu-byte elements: numel %lld, shift %d, offset %llu, grid %d x %d",
-                    sizeof(Bits), static_cast<long long>(numel), shift,
+              CHECK(same, "%zu-byte elements: numel %lld in rows of %lld, row_length %llu, shift %d, offset %llu, grid %d x %d",
+                    sizeof(Bits), static_cast<long long>(numel), static_cast<long long>(window.width),
+                    static_cast<unsigned long long>(window.row_length), shift,
                     static_cast<unsigned long long>(element_offset), grid, block);
               // Nothing written outside the view.
               const auto* bytes = reinterpret_cast<const unsigned char*>(output_storage.data());

@@ -13,6 +13,7 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <optional>
 #include <vector>
 
 int main(int argc, char** argv) {
@@ -26,13 +27,14 @@ int main(int argc, char** argv) {
   }
   const auto op = c10::Dispatcher::singleton()
                       .findSchemaOrThrow("tinybig_cuda::bernoulli_mask_apply", "")
-                      .typed<at::Tensor(const at::Tensor&, double, const at::Tensor&, c10::SymInt)>();
+                      .typed<at::Tensor(const at::Tensor&, double, const at::Tensor&, c10::SymInt,
+                                        std::optional<c10::SymInt>)>();
   const std::vector<int64_t> seed_and_offset{std::atoll(argv[2]), std::atoll(argv[3])};
   const at::Tensor state = at::tensor(seed_and_offset, at::kLong);
   const int64_t rows = std::atoll(argv[5]), cols = std::atoll(argv[6]);
   // Distinct, exactly representable values, so every kept element is recognisable.
   const at::Tensor w = at::arange(1, rows * cols + 1, at::kFloat).view({rows, cols}).set_requires_grad(true);
-  const at::Tensor out = op.call(w, std::atof(argv[4]), state, 0);
+  const at::Tensor out = op.call(w, std::atof(argv[4]), state, 0, std::nullopt);
   torch::autograd::backward({out}, {at::ones_like(out)});
   for (const at::Tensor& result : {out, w.grad()}) {
     const float* values = result.const_data_ptr<float>();

@@ -6,9 +6,10 @@
 #include <algorithm>
 #include <cstring>
 
-#include "ops/cpu/mask_key.h"
 #include "cpu/masked_copy.h"
 #include "element_size.h"
+#include "mask_window.h"
+#include "ops/cpu/mask_key.h"
 #include "ops/masking.h"
 
 namespace tinybig_cuda {
@@ -51,14 +52,18 @@ void masked_copy_strided_row(CpuIsa isa, const char* input, int64_t input_stride
 }
 
 void masked_copy_cpu(const at::Tensor& input, at::Tensor& output, double p,
-                     const at::Tensor& rng_state, uint64_t element_offset) {
+                     const at::Tensor& rng_state, const MaskWindow& window) {
   const MaskKey key = cpu_mask_key(rng_state, p);
   const CpuIsa isa = active_cpu_isa();
   const int element_size = static_cast<int>(input.element_size());
   char* const out = static_cast<char*>(output.mutable_data_ptr());
   const auto masked_copy_in_memory_order = [&](const void* in) {
+    const char* const in_bytes = static_cast<const char*>(in);
     at::parallel_for(0, output.numel(), kElementsPerTask, [&](int64_t begin, int64_t end) {
-      masked_copy_range(isa, in, out, element_size, begin, end, element_offset, key);
+      for_each_run(window, begin, end, [&](int64_t local, int64_t count, uint64_t global) {
+        masked_copy_range(isa, in_bytes + local * element_size, out + local * element_size,
+                          element_size, 0, count, global, key);
+      });
     });
   };
   if (input.is_contiguous()) return masked_copy_in_memory_order(input.const_data_ptr());
@@ -85,9 +90,15 @@ void masked_copy_cpu(const at::Tensor& input, at::Tensor& output, double p,
                               "the contiguous output is walked in memory order");
         for (int64_t row = 0; row < size1; ++row) {
           char* out_row = data[0] + row * strides[2];
+          const char* in_row = data[1] + row * strides[3];
           const int64_t first = (out_row - out) / element_size;
-          masked_copy_strided_row(isa, data[1] + row * strides[3], strides[1], out_row,
-                                  element_size, size0, element_offset + first, key);
+          // An iterator row may span several rows of a window: each piece has its own start.
+          for_each_run(window, first, first + size0, [&](int64_t local, int64_t count, uint64_t global) {
+            const int64_t skipped = local - first;
+            masked_copy_strided_row(isa, in_row + skipped * strides[1], strides[1],
+                                    out_row + skipped * element_size, element_size, count, global,
+                                    key);
+          });
         }
       },
       kElementsPerTask);

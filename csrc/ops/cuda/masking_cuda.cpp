@@ -12,12 +12,12 @@ namespace tinybig_cuda {
 namespace {
 
 void masked_copy_cuda(const at::Tensor& strided_input, at::Tensor& output, double p,
-                      const at::Tensor& rng_state, uint64_t element_offset) {
+                      const at::Tensor& rng_state, const MaskWindow& window) {
   const c10::cuda::CUDAGuard guard(strided_input.device());
   const at::Tensor input = strided_input.contiguous();
   C10_CUDA_CHECK(launch_masked_copy_cuda(
       input.const_data_ptr(), output.mutable_data_ptr(), static_cast<int>(input.element_size()),
-      input.numel(), element_offset, rng_state.const_data_ptr<int64_t>(), keep_threshold(p),
+      input.numel(), window, rng_state.const_data_ptr<int64_t>(), keep_threshold(p),
       input.device().index(), c10::cuda::getCurrentCUDAStream()));
 }
 

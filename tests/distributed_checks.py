@@ -1,0 +1,204 @@
+"""The 2-process checks of tests/test_distributed.py: run as a script, it spawns 2 gloo ranks on
+127.0.0.1, runs every check on both (the collectives need both), and rank 0 writes each check's
+outcome to the JSON file named by its argument. Every comparison is with the same op on the whole,
+unsharded tensor in one process, bit for bit.
+
+    python tests/distributed_checks.py results.json [--timeout 120]
+"""
+
+import argparse
+import datetime
+import json
+import os
+import socket
+import sys
+import time
+import traceback
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh
+
+import tinybig_cuda
+from tinybig_cuda.distributed import broadcast_rng_states
+
+WORLD_SIZE = 2
+P = 0.45
+STATE = torch.tensor([0x0123456789ABCDEF, -3], dtype=torch.int64)
+BITS = {torch.float32: torch.int32, torch.bfloat16: torch.int16}
+
+
+def same_bits(a, b):
+    return a.shape == b.shape and a.dtype == b.dtype and torch.equal(a.contiguous().view(BITS[a.dtype]), b.contiguous().view(BITS[b.dtype]))
+
+
+def check_apply(mesh, placements, shape, dtype, dtensor_state):
+    """bernoulli_mask_apply on a DTensor, forward and backward, against the whole tensor."""
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(1)).to(dtype)
+    upstream = torch.randn(shape, generator=torch.Generator().manual_seed(2)).to(dtype)
+    whole = weight.clone().requires_grad_()
+    expected = tinybig_cuda.bernoulli_mask_apply(whole, P, STATE)
+    expected.backward(upstream)
+
+    if any(isinstance(placement, Partial) for placement in placements):
+        # Each rank holds half of every entry (exact in binary floats): the sum is the weight.
+        w = DTensor.from_local(weight / WORLD_SIZE, mesh, placements, run_check=False)
+    else:
+        w = distribute_tensor(weight, mesh, placements)
+    w = w.detach().requires_grad_()
+    state = distribute_tensor(STATE, mesh, [Replicate()] * mesh.ndim) if dtensor_state else STATE
+    out = tinybig_cuda.bernoulli_mask_apply(w, P, state)
+    result = {"placed_like_w": isinstance(out, DTensor) and tuple(out.placements) == tuple(placements)}
+    result["forward"] = same_bits(out.full_tensor(), expected.detach())
+    if not result["placed_like_w"] or any(isinstance(placement, Partial) for placement in placements):
+        return result
+    out.backward(distribute_tensor(upstream, mesh, placements))
+    result["backward"] = same_bits(w.grad.full_tensor(), whole.grad)
+    return result
+
+
+def check_mask(mesh, placements, shape):
+    expected = tinybig_cuda.bernoulli_mask(shape, P, STATE)
+    mask = tinybig_cuda.bernoulli_mask(shape, P, STATE, device_mesh=mesh, placements=placements)
+    replicated_state = distribute_tensor(STATE, mesh, [Replicate()] * mesh.ndim)
+    from_state = tinybig_cuda.bernoulli_mask(shape, P, replicated_state)
+    return {
+        "placed": tuple(mask.placements) == tuple(placements),
+        "mask": torch.equal(mask.full_tensor(), expected),
+        "mask_of_replicated_state": from_state.placements == (Replicate(),) and torch.equal(from_state.full_tensor(), expected),
+    }
+
+
+def check_module(mesh, placements, shape):
+    n, D = shape
+    torch.manual_seed(0)  # the same module state on every rank
+    module = tinybig_cuda.masking_reconciliation(p=P)
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(3))
+    whole = weight.clone().requires_grad_()
+    expected = module(w=whole, n=n, D=D)
+    expected.sum().backward()
+    w = distribute_tensor(weight, mesh, placements).requires_grad_()
+    out = module(w=w, n=n, D=D)
+    out.sum().backward()
+    return {"forward": same_bits(out.full_tensor(), expected.detach()), "backward": same_bits(w.grad.full_tensor(), whole.grad)}
+
+
+def check_fresh_mask_module(mesh, placements, shape):
+    """fixed_mask=False: each rank draws the call's state from its own generator, so ranks seeded
+    alike mask as one process seeded the same way."""
+    n, D = shape
+    weight = torch.randn(shape, generator=torch.Generator().manual_seed(4))
+    module = tinybig_cuda.masking_reconciliation(p=P, fixed_mask=False)
+    torch.manual_seed(11)
+    expected = module(w=weight, n=n, D=D)
+    torch.manual_seed(11)
+    out = module(w=distribute_tensor(weight, mesh, placements), n=n, D=D)
+    return {"forward": same_bits(out.full_tensor(), expected)}
+
+
+def gathered(tensor):
+    pieces = [torch.empty_like(tensor) for _ in range(WORLD_SIZE)]
+    dist.all_gather(pieces, tensor)
+    return pieces
+
+
+def check_broadcast_rng_states():
+    torch.manual_seed(100 + dist.get_rank())  # ranks seeded differently: different states
+    model = torch.nn.Sequential(tinybig_cuda.masking_reconciliation(p=0.3), torch.nn.Linear(2, 2), tinybig_cuda.masking_reconciliation(p=0.6))
+    before = gathered(torch.stack([model[0].rng_state, model[2].rng_state]))
+    rank0 = before[0].clone()
+    count = broadcast_rng_states(model)
+    after = gathered(torch.stack([model[0].rng_state, model[2].rng_state]))
+    return {
+        "differed_before": not torch.equal(before[0], before[1]),
+        "count": count == 2,
+        "equal_to_rank_0_after": all(torch.equal(state, rank0) for state in after),
+    }
+
+
+def check_meta_init_reset_parameters():
+    """The FSDP2 init: a meta module, to_empty, then reset_parameters on ranks seeded alike."""
+    with torch.device("meta"):
+        module = tinybig_cuda.masking_reconciliation(p=0.3)
+    meta = module.rng_state.is_meta
+    module.to_empty(device="cpu")
+    torch.manual_seed(7)
+    module.reset_parameters()
+    torch.manual_seed(7)
+    expected = tinybig_cuda.masking_reconciliation(p=0.3).rng_state  # drawn the same way at construction
+    states = gathered(module.rng_state.clone())
+    return {"meta_buffer": meta, "ranks_agree": torch.equal(states[0], states[1]), "same_as_construction": torch.equal(module.rng_state, expected)}
+
+
+def run_checks():
+    one_d = init_device_mesh("cpu", (WORLD_SIZE,))
+    checks = {}
+    for name, placements in (("shard0", [Shard(0)]), ("shard1", [Shard(1)]), ("replicate", [Replicate()]), ("partial", [Partial()])):
+        for dtype in (torch.float32, torch.bfloat16):
+            for dtensor_state in (False, True):
+                # 7 x 5 on 2 ranks: 4 + 3 rows, or 3 + 2 columns.
+                key = f"apply {name} 7x5 {str(dtype).split('.')[1]} {'dtensor' if dtensor_state else 'plain'} state"
+                checks[key] = lambda p=placements, d=dtype, s=dtensor_state: check_apply(one_d, p, (7, 5), d, s)
+    checks["apply shard1 3-D 3x7x5"] = lambda: check_apply(one_d, [Shard(1)], (3, 7, 5), torch.float32, False)
+    checks["apply shard1 1030x1031"] = lambda: check_apply(one_d, [Shard(1)], (1030, 1031), torch.float32, False)
+    for mesh_shape in ((2, 1), (1, 2)):
+        mesh = init_device_mesh("cpu", mesh_shape)
+        for placements in ([Shard(0), Shard(1)], [Shard(1), Shard(0)], [Shard(1), Shard(1)], [Replicate(), Shard(1)]):
+            key = f"apply mesh {mesh_shape} {placements}"
+            checks[key] = lambda m=mesh, p=placements: check_apply(m, p, (7, 5), torch.float32, True)
+    checks["mask shard1 7x5"] = lambda: check_mask(one_d, [Shard(1)], (7, 5))
+    checks["mask shard0 7x5"] = lambda: check_mask(one_d, [Shard(0)], (7, 5))
+    checks["module shard1 7x5"] = lambda: check_module(one_d, [Shard(1)], (7, 5))
+    checks["module shard0 7x5"] = lambda: check_module(one_d, [Shard(0)], (7, 5))
+    checks["fresh-mask module shard1 7x5"] = lambda: check_fresh_mask_module(one_d, [Shard(1)], (7, 5))
+    checks["broadcast_rng_states"] = check_broadcast_rng_states
+    checks["meta init + reset_parameters"] = check_meta_init_reset_parameters
+
+    results = {}
+    for key, check in checks.items():
+        try:
+            results[key] = check()
+        except Exception:  # recorded, so one broken check does not hide the others
+            results[key] = {"error": traceback.format_exc()}
+    return results
+
+
+def worker(rank, port, out_path, timeout_s):
+    torch.set_num_threads(1)
+    os.environ["MASTER_ADDR"] = "127.0.0.1"
+    os.environ["MASTER_PORT"] = str(port)
+    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        results = run_checks()
+        if rank == 0:
+            with open(out_path, "w") as out:
+                json.dump(results, out, indent=1)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    context = mp.spawn(worker, nprocs=WORLD_SIZE, join=False, args=(free_port(), args.out, args.timeout))
+    deadline = time.monotonic() + args.timeout
+    while not context.join(timeout=1.0):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                if process.is_alive():
+                    process.terminate()
+            sys.exit(f"timed out after {args.timeout} s")
+
+
+if __name__ == "__main__":
+    main()

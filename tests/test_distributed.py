@@ -1,0 +1,96 @@
+"""Scale-out with 2 gloo processes on 127.0.0.1: DTensor shards masked as parts of the whole
+tensor (forward and backward, bit for bit against one process), one mask state on every rank
+(FSDP2's meta-device init, broadcast_rng_states), and the two examples. Each process run is
+bounded by a timeout; tests/distributed_checks.py runs all DTensor checks in one launch.
+"""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+
+TESTS = Path(__file__).resolve().parent
+EXAMPLES = TESTS.parent / "examples"
+TIMEOUT_S = 240  # a launch takes ~10 s here; the bound is for a hung rank on a busy machine
+
+
+def run_bounded(arguments, cwd):
+    """Runs a script that spawns its own ranks; its own deadline stops them, this one stops it."""
+    run = subprocess.run([sys.executable, *map(str, arguments)], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S + 30)
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    return run.stdout
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("distributed")
+    run_bounded([TESTS / "distributed_checks.py", directory / "results.json", "--timeout", TIMEOUT_S], cwd=directory)
+    return json.loads((directory / "results.json").read_text())
+
+
+def assert_check(results, name, *expected_keys):
+    outcome = results[name]
+    assert "error" not in outcome, outcome.get("error")
+    assert set(expected_keys) <= set(outcome), outcome
+    assert all(outcome.values()), outcome
+
+
+PLACEMENTS = ["shard0", "shard1", "replicate"]
+VARIANTS = [f"{dtype} {state} state" for dtype in ("float32", "bfloat16") for state in ("plain", "dtensor")]
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("placement", PLACEMENTS)
+def test_dtensor_apply_equals_the_unsharded_op(results, placement, variant):
+    # 7 x 5 on 2 ranks: uneven shards (4 + 3 rows, 3 + 2 columns).
+    assert_check(results, f"apply {placement} 7x5 {variant}", "placed_like_w", "forward", "backward")
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_dtensor_apply_of_a_partial_tensor_equals_the_unsharded_op(results, variant):
+    assert_check(results, f"apply partial 7x5 {variant}", "placed_like_w", "forward")
+
+
+@pytest.mark.parametrize("name", ["apply shard1 3-D 3x7x5", "apply shard1 1030x1031"])
+def test_dtensor_column_shards_of_larger_tensors(results, name):
+    assert_check(results, name, "forward", "backward")
+
+
+def test_dtensor_on_two_dimensional_meshes(results):
+    names = [name for name in results if name.startswith("apply mesh")]
+    assert len(names) == 8
+    for name in names:
+        assert_check(results, name, "placed_like_w", "forward", "backward")
+
+
+@pytest.mark.parametrize("placement", ["shard0", "shard1"])
+def test_dtensor_mask_equals_the_unsharded_mask(results, placement):
+    assert_check(results, f"mask {placement} 7x5", "placed", "mask", "mask_of_replicated_state")
+
+
+@pytest.mark.parametrize("placement", ["shard0", "shard1"])
+def test_module_on_a_dtensor_weight(results, placement):
+    assert_check(results, f"module {placement} 7x5", "forward", "backward")
+
+
+def test_fresh_mask_module_on_a_dtensor_weight_with_ranks_seeded_alike(results):
+    assert_check(results, "fresh-mask module shard1 7x5", "forward")
+
+
+def test_broadcast_rng_states_gives_every_rank_rank_0s_states(results):
+    assert_check(results, "broadcast_rng_states", "differed_before", "count", "equal_to_rank_0_after")
+
+
+def test_meta_device_init_then_reset_parameters_agrees_across_ranks(results):
+    assert_check(results, "meta init + reset_parameters", "meta_buffer", "ranks_agree", "same_as_construction")
+
+
+@pytest.mark.parametrize("example", ["fsdp2_training.py", "tensor_parallel_masking.py"])
+def test_example_matches_one_process(example, tmp_path):
+    output = run_bounded([EXAMPLES / example, "--timeout", TIMEOUT_S], cwd=tmp_path)
+    assert output.rstrip().endswith("OK"), output
