@@ -93,10 +93,29 @@ def test_state_moves_to_ws_device_at_the_first_call():
 def test_checkpoint_without_rng_state_loads_strictly_and_keeps_the_mask():
     module = masking_reconciliation(p=0.5)
     state = module.rng_state.clone()
-    with pytest.warns(UserWarning, match=r"no 'rng_state' \(tinyBIG saves no mask\)"):
+    with pytest.warns(UserWarning, match=r"no 'rng_state' \(tinyBIG saves no mask\)") as caught:
         result = module.load_state_dict({}, strict=True)
     assert result.missing_keys == [] and result.unexpected_keys == []
     assert torch.equal(module.rng_state, state)
+    # The warning points at the line that loaded the checkpoint, not into torch.
+    assert caught[0].filename == __file__
+
+
+def test_checkpoint_warning_points_at_the_caller_through_nested_modules():
+    model = torch.nn.Sequential(torch.nn.ModuleDict({"fabrication": masking_reconciliation(p=0.5)}))
+    with pytest.warns(UserWarning, match=r"0\.fabrication\.rng_state") as caught:
+        model.load_state_dict({}, strict=True)
+    assert caught[0].filename == __file__
+
+
+def test_mask_matrix_changes_only_when_a_call_succeeds():
+    module = masking_reconciliation(p=0.5)
+    module(w=torch.randn(1, 12), n=3, D=4)
+    with pytest.raises(TypeError, match="w"):
+        module(w=torch.ones(1, 10, dtype=torch.int64), n=2, D=5)
+    with pytest.raises(ValueError, match="w"):
+        module(w=torch.randn(1, 11), n=2, D=5)
+    assert module.mask_matrix.shape == (3, 4)
 
 
 @pytest.mark.parametrize(

@@ -239,11 +239,11 @@ class masking_reconciliation(fabrication):
         ):
             # tinyBIG's call, eager: one trip into C++, which checks p, w's dtype and the state, and
             # hands back the state it used (a fresh one, or the fixed one on w's device).
-            self.__dict__["_mask_matrix_of"] = (n, D, None)
             state = self._buffers["rng_state"] if self.fixed_mask else None
             matrix, used = _C.masked_fabrication(w, n, D, self._p, state)
             if used is not state:
                 self._buffers["rng_state"] = used
+            self.__dict__["_mask_matrix_of"] = (n, D, None)  # once the call succeeded
             return matrix
         return self._checked_forward(n, D, w, device)
 
@@ -259,20 +259,22 @@ class masking_reconciliation(fabrication):
             arguments.check_maskable_dtype("masking_reconciliation", "w", w)  # the op would call it `values`
             if not torch.compiler.is_compiling():  # the op checks the count again, also when compiled
                 self._check_compact_w(n, D, w)
-            self._mask_matrix_of = (n, D, None)
-            return bernoulli_mask_expand(w.reshape(-1), self.p, self._state_on(w.device), (n, D))
+            matrix = bernoulli_mask_expand(w.reshape(-1), self.p, self._state_on(w.device), (n, D))
+            self._mask_matrix_of = (n, D, None)  # once the call succeeded
+            return matrix
         if w.numel() != n * D:
             raise ValueError(
                 f"masking_reconciliation: expected w to have n*D = {n}*{D} = {n * D} elements, "
                 f"but got shape {tuple(w.shape)} ({w.numel()} elements)"
             )
         self._check_device(w, device)
-        self._mask_matrix_of = (n, D, None)
         if self.fixed_mask:
-            return bernoulli_mask_apply(w.reshape(n, D), self.p, self._state_on(w.device))
-        state = _draw_rng_state(w.device)
-        masked = bernoulli_mask_apply(w.reshape(n, D), self.p, state)
-        self.rng_state = state  # kept, once the call succeeded, so generate_masking_matrix can show it
+            masked = bernoulli_mask_apply(w.reshape(n, D), self.p, self._state_on(w.device))
+        else:
+            state = _draw_rng_state(w.device)
+            masked = bernoulli_mask_apply(w.reshape(n, D), self.p, state)
+            self.rng_state = state  # kept, once the call succeeded, so generate_masking_matrix can show it
+        self._mask_matrix_of = (n, D, None)  # once the call succeeded
         return masked
 
     def _state_on(self, device):
@@ -301,7 +303,7 @@ class masking_reconciliation(fabrication):
                 warnings.warn(
                     f"masking_reconciliation: the checkpoint has no {key!r} (tinyBIG saves no mask), so this module keeps "
                     "its own mask: the loaded model masks its parameters differently from the one that was saved",
-                    stacklevel=2,
+                    stacklevel=_caller_stacklevel(),
                 )
 
     @staticmethod
@@ -374,6 +376,16 @@ _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 # Bound once: forward asks both on every call. torch.compile still sees is_compiling for what it is.
 _is_compiling = torch.compiler.is_compiling
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+
+
+def _caller_stacklevel():
+    """The stacklevel of a warning raised here that points at the user's code: past this file and
+    torch's Module (whose load_state_dict recurses once per submodule)."""
+    internal = {__file__, torch.nn.modules.module.__file__}
+    frame, level = sys._getframe(1), 1
+    while frame is not None and frame.f_code.co_filename in internal:
+        frame, level = frame.f_back, level + 1
+    return level
 
 
 def _compiled_autograd_enabled():
