@@ -263,8 +263,9 @@ if __name__ == "__main__":
     setup(
         packages=find_packages(include=["tinybig_cuda", "tinybig_cuda.*"]),
         ext_modules=extensions,
-        # The compiled parts load only into this exact torch: pip then knows, and says so when
-        # another torch would replace it.
-        install_requires=[f"torch=={build_torch.__version__}", "numpy"],
+        # The compiled parts load only into this torch: pip then knows, and says so when another
+        # torch would replace it. The public version (2.13.0 of 2.13.0+cpu): pip's constraints
+        # (torch<=2.14.1) do not match a local label, and the import check compares it anyway.
+        install_requires=[f"torch=={build_torch.__version__.split('+')[0]}", "numpy"],
         cmdclass={"build_ext": build_ext_class()},
     )
