@@ -23,8 +23,8 @@ import argparse
 import datetime
 import math
 import os
-import socket
 import sys
+import tempfile
 import time
 import warnings
 
@@ -83,13 +83,11 @@ def train(model, data, lr, halves):
         optimizer.step()
 
 
-def worker(rank, port, args):
+def worker(rank, store_file, args):
     torch.set_num_threads(1)
     # torch's note that a CPU mesh has no DTensor RNG tracker: here each rank draws its own shard.
     warnings.filterwarnings("ignore", message="DTensor random operators may not have complete support")
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    dist.init_process_group("gloo", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=args.timeout))
+    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=args.timeout))
     try:
         # The rule: seed every rank alike, or broadcast the states once after init.
         torch.manual_seed(args.seed + (rank if args.broadcast else 0))
@@ -135,12 +133,12 @@ def worker(rank, port, args):
         dist.barrier()
     finally:
         dist.destroy_process_group()
-
-
-def free_port():
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    # Done: leave without the interpreter's teardown, where gloo's threads still holding work from
+    # DTensor's collectives can abort the process (a rare SIGABRT after every check has passed,
+    # seen with torch 2.14's gloo).
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main(argv=None):
@@ -154,15 +152,19 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before the run is abandoned")
     args = parser.parse_args(argv)
 
-    context = mp.spawn(worker, nprocs=WORLD_SIZE, join=False, args=(free_port(), args))
-    deadline = time.monotonic() + args.timeout
-    # join() raises if a rank failed (and stops the others); the deadline bounds a hung rank.
-    while not context.join(timeout=1.0):
-        if time.monotonic() > deadline:
-            for process in context.processes:
-                if process.is_alive():
-                    process.terminate()
-            sys.exit(f"timed out after {args.timeout} s")
+    # The ranks meet through a file, not a TCP port: a free port picked here could be taken by
+    # another process before rank 0 binds it.
+    with tempfile.TemporaryDirectory() as store_directory:
+        store_file = os.path.join(store_directory, "store")
+        context = mp.spawn(worker, nprocs=WORLD_SIZE, join=False, args=(store_file, args))
+        deadline = time.monotonic() + args.timeout
+        # join() raises if a rank failed (and stops the others); the deadline bounds a hung rank.
+        while not context.join(timeout=1.0):
+            if time.monotonic() > deadline:
+                for process in context.processes:
+                    if process.is_alive():
+                        process.terminate()
+                sys.exit(f"timed out after {args.timeout} s")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Scale-out with 2 gloo processes on 127.0.0.1: DTensor shards masked as parts of the whole
+"""Scale-out with 2 gloo processes on this machine: DTensor shards masked as parts of the whole
 tensor (forward and backward, bit for bit against one process), one mask state on every rank
 (FSDP2's meta-device init, broadcast_rng_states), and the two examples. Each process run is
 bounded by a timeout; tests/distributed_checks.py runs all DTensor checks in one launch.

@@ -130,12 +130,14 @@ def _(w, p, rng_state, element_offset=0, row_length=None):
 
 
 def _p_tensor_setup_context(ctx, inputs, output):
-    _, ctx.p, ctx.rng_state, ctx.element_offset, ctx.row_length = inputs
+    _, p, rng_state, ctx.element_offset, ctx.row_length = inputs
+    ctx.save_for_backward(p, rng_state)  # saved, so writing into them before the backward raises
 
 
 def _p_tensor_backward(ctx, grad):
     # The mask is its own Jacobian's diagonal: the backward masks the gradient with the same state.
-    grad_w = torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(grad, ctx.p, ctx.rng_state, ctx.element_offset, ctx.row_length)
+    p, rng_state = ctx.saved_tensors
+    grad_w = torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(grad, p, rng_state, ctx.element_offset, ctx.row_length)
     return grad_w, None, None, None, None
 
 
