@@ -44,9 +44,10 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if row_length is not None:
         row_length = arguments.integer(op, "row_length", row_length)
-    if not _dtensor_rules_registered and (_is_dtensor(w) or _is_dtensor(rng_state)):
-        _register_dtensor_rules()
-    if torch.compiler.is_compiling() and not torch.compiler.is_exporting():
+    if not _dtensor_rules_registered and (type(w) not in _PLAIN_TENSOR_TYPES or type(rng_state) not in _PLAIN_TENSOR_TYPES):
+        if _is_dtensor(w) or _is_dtensor(rng_state):
+            _register_dtensor_rules()
+    if _is_dynamo_compiling() and not torch.compiler.is_exporting():
         # p as data: torch.compile specialises an op's float argument (a graph per value), not a
         # tensor. After p changes once, torch.compile traces it as a symbolic float held in a
         # tensor, and this product (1.0 * p: exact) becomes that tensor: one graph for any p.
@@ -54,7 +55,9 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
         # keeps the op with p as a float.
         p_tensor = torch.ones((), dtype=torch.float64, device="cpu") * p
         return torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(w, p_tensor, rng_state, element_offset, row_length)
-    return torch.ops.tinybig_cuda.bernoulli_mask_apply.default(w, p, rng_state, element_offset, row_length)
+    if row_length is None:  # the common call, without the argument parsing of a None
+        return _mask_apply_op(w, p, rng_state, element_offset)
+    return _mask_apply_op(w, p, rng_state, element_offset, row_length)
 
 
 def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, element_offset: int = 0,
@@ -88,6 +91,12 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
 
         return sharded_bernoulli_mask(shape, p, rng_state, element_offset, row_length, device_mesh, placements)
     return torch.ops.tinybig_cuda.bernoulli_mask.default(shape, p, rng_state, element_offset, row_length)
+
+
+_mask_apply_op = torch.ops.tinybig_cuda.bernoulli_mask_apply.default
+# Bound once (each call asks): False in eager code, True while torch.compile traces it.
+_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
+_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
 def _is_dtensor(tensor):
