@@ -69,6 +69,22 @@ def test_process_that_loads_only_the_library_runs_the_ops_and_their_autograd():
     assert torch.equal(torch.tensor(grad, dtype=torch.float64), (expected != 0).double())
 
 
+def tinybig_cuda_ops():
+    return sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("tinybig_cuda::"))
+
+
+def test_every_op_of_the_package_is_declared_by_the_library():
+    # No op may be declared in Python: a process without the package would miss it.
+    result = run_python(f"""
+        import torch
+        torch.ops.load_library({str(LIBRARY)!r})
+        print(sorted(name for name in torch._C._dispatch_get_all_op_names() if name.startswith("tinybig_cuda::")))
+        """)
+    assert result.returncode == 0, result.stderr
+    assert eval(result.stdout) == tinybig_cuda_ops()
+    assert "tinybig_cuda::bernoulli_mask_apply_p_tensor" in tinybig_cuda_ops()
+
+
 class MaskedLinear(torch.nn.Module):
     def __init__(self):
         super().__init__()

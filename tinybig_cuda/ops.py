@@ -116,41 +116,18 @@ def _register_dtensor_rules():
     _dtensor_rules_registered = True
 
 
-@torch.library.custom_op("tinybig_cuda::bernoulli_mask_apply_p_tensor", mutates_args=())
-def _bernoulli_mask_apply_p_tensor(
-    w: torch.Tensor, p: torch.Tensor, rng_state: torch.Tensor, element_offset: int = 0, row_length: Optional[int] = None
-) -> torch.Tensor:
-    """bernoulli_mask_apply with p as a one-element float tensor on the CPU, for torch.compile: a
-    new value of p is new data for the same graph. The same kernel, so the same bits."""
+@torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply_p_tensor")
+def _(w, p, rng_state, element_offset=0, row_length=None):
+    # p is data here: only the kernel can check its value.
+    op = "tinybig_cuda.bernoulli_mask_apply"
     torch._check_value(
         p.numel() == 1 and p.dtype.is_floating_point and p.device.type == "cpu",
-        lambda: f"tinybig_cuda.bernoulli_mask_apply: expected p as one float on the CPU, but got {p.numel()} of dtype {p.dtype} on {p.device}",
+        lambda: f"{op}: expected p as one float on the CPU, but got {p.numel()} of dtype {p.dtype} on {p.device}",
     )
-    return torch.ops.tinybig_cuda.bernoulli_mask_apply.default(w, p.item(), rng_state, element_offset, row_length)
-
-
-@_bernoulli_mask_apply_p_tensor.register_fake
-def _(w, p, rng_state, element_offset=0, row_length=None):
-    op = "tinybig_cuda.bernoulli_mask_apply"
     arguments.check_maskable_dtype(op, "w", w)
     arguments.fake_check_rng_state(op, rng_state, w.device)
     arguments.fake_check_window(op, element_offset, row_length, w.shape, w.numel())
     return torch.empty(w.shape, dtype=w.dtype, device=w.device)
-
-
-def _p_tensor_setup_context(ctx, inputs, output):
-    _, p, rng_state, ctx.element_offset, ctx.row_length = inputs
-    ctx.save_for_backward(p, rng_state)  # saved, so writing into them before the backward raises
-
-
-def _p_tensor_backward(ctx, grad):
-    # The mask is its own Jacobian's diagonal: the backward masks the gradient with the same state.
-    p, rng_state = ctx.saved_tensors
-    grad_w = torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(grad, p, rng_state, ctx.element_offset, ctx.row_length)
-    return grad_w, None, None, None, None
-
-
-_bernoulli_mask_apply_p_tensor.register_autograd(_p_tensor_backward, setup_context=_p_tensor_setup_context)
 
 
 @torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply")

@@ -100,6 +100,35 @@ struct MaskApplyBackward final : public torch::autograd::Node {
   void release_variables() override { rng_state.reset_data(); }
 };
 
+at::Tensor mask_apply_p_tensor(const at::Tensor& w, const at::Tensor& p, const at::Tensor& rng_state,
+                               const c10::SymInt& element_offset, const std::optional<c10::SymInt>& row_length) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, c10::SymInt,
+                                            std::optional<c10::SymInt>)>("tinybig_cuda::bernoulli_mask_apply_p_tensor");
+  return op.call(w, p, rng_state, element_offset, row_length);
+}
+
+// bernoulli_mask_apply_p_tensor: MaskApply's backward, with p saved as the tensor it came as.
+class MaskApplyPTensor : public torch::autograd::Function<MaskApplyPTensor> {
+ public:
+  static at::Tensor forward(AutogradContext* context, const at::Tensor& w, const at::Tensor& p,
+                            const at::Tensor& rng_state, c10::SymInt element_offset,
+                            std::optional<c10::SymInt> row_length) {
+    context->save_for_backward({rng_state, p});  // writing into either before the backward raises
+    context->saved_data["element_offset"] = element_offset;
+    context->saved_data["row_length"] = row_length;
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return mask_apply_p_tensor(w, p, rng_state, element_offset, row_length);
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const variable_list saved = context->get_saved_variables();
+    return {mask_apply_p_tensor(grad_outputs[0], saved[1], saved[0],
+                                context->saved_data["element_offset"].toSymInt(),
+                                context->saved_data["row_length"].toOptional<c10::SymInt>()),
+            at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
 class MaskExpand : public torch::autograd::Function<MaskExpand> {
  public:
   static at::Tensor forward(AutogradContext* context, const at::Tensor& values, double p,
@@ -175,6 +204,11 @@ TORCH_LIBRARY_IMPL(tinybig_cuda, Autograd, m) {
                                     c10::SymInt element_offset, std::optional<c10::SymInt> row_length) {
     return MaskApply::apply(w, p, rng_state, std::move(element_offset), std::move(row_length));
   });
+  m.impl("bernoulli_mask_apply_p_tensor",
+         [](const at::Tensor& w, const at::Tensor& p, const at::Tensor& rng_state, c10::SymInt element_offset,
+            std::optional<c10::SymInt> row_length) {
+           return MaskApplyPTensor::apply(w, p, rng_state, std::move(element_offset), std::move(row_length));
+         });
   m.impl("bernoulli_mask_expand",
          [](const at::Tensor& values, double p, const at::Tensor& rng_state,
             c10::SymIntArrayRef shape, c10::SymInt element_offset) {

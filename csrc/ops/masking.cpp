@@ -5,6 +5,7 @@
 #include <optional>
 
 #include "ops/argument_checks.h"
+#include "ops/op_handles.h"
 #include "ops/output_memory.h"
 
 namespace tinybig_cuda {
@@ -60,7 +61,21 @@ at::Tensor bernoulli_mask_with(const MaskingKernels& kernels, at::IntArrayRef sh
   return mask;
 }
 
+// Reads p from its tensor and calls the float op: below autograd (ops/autograd.cpp records this
+// op's own backward), on every device, through that device's kernel.
+at::Tensor bernoulli_mask_apply_p_tensor(const at::Tensor& w, const at::Tensor& p, const at::Tensor& rng_state,
+                                         c10::SymInt element_offset, std::optional<c10::SymInt> row_length) {
+  TORCH_CHECK_VALUE(p.numel() == 1 && at::isFloatingType(p.scalar_type()) && p.device().is_cpu(),
+                    "tinybig_cuda.bernoulli_mask_apply: expected p as one float on the CPU, but got ", p.numel(),
+                    " of dtype ", p.scalar_type(), " on ", p.device());
+  return call_mask_apply(w, p.item<double>(), rng_state, element_offset, row_length);
+}
+
 }  // namespace
+
+TORCH_LIBRARY_IMPL(tinybig_cuda, CompositeExplicitAutograd, m) {
+  m.impl("bernoulli_mask_apply_p_tensor", bernoulli_mask_apply_p_tensor);
+}
 
 void register_masking_ops(torch::Library& library, MaskingKernels kernels) {
   library.impl("bernoulli_mask_apply", [kernels](const at::Tensor& w, double p,

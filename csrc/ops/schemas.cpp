@@ -13,6 +13,11 @@ TORCH_LIBRARY(tinybig_cuda, m) {
   // element_offset + r * row_length + c; row_length=None means rows follow one another.
   m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
   m.def("bernoulli_mask(SymInt[] shape, float p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
+  // bernoulli_mask_apply with p as data (a one-element float tensor on the CPU), which is what
+  // tinybig_cuda.bernoulli_mask_apply calls under torch.compile: dynamo specialises a float
+  // argument (a graph per value of p), but not a tensor's contents. The same kernels, so the same
+  // bits; torch.export keeps the float op.
+  m.def("bernoulli_mask_apply_p_tensor(Tensor w, Tensor p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
   // Compact parameters (only the kept entries stored): the mask's kept count, and the scatter and
   // gather between the kept values (in row-major order) and the full matrix, each the other's
   // adjoint. kept_count is an argument, not read from the mask, so compress's output shape is
