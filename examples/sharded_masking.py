@@ -13,17 +13,14 @@ Exits 0 and prints "OK" when the gathered result equals the single-process one.
 """
 
 import argparse
-import datetime
-import os
 import sys
-import tempfile
-import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 import tinybig_cuda
+
+from gloo_ranks import join_ranks, run_ranks
 
 
 def row_range(rows: int, world_size: int, rank: int):
@@ -55,11 +52,9 @@ def gather_rows(shard: torch.Tensor, rows: int, world_size: int) -> torch.Tensor
                       zip(pieces, (row_range(rows, world_size, r) for r in range(world_size)))])
 
 
-def worker(rank, world_size, store_file, rows, cols, p, seed, timeout_s):
+def worker(rank, world_size, rows, cols, p, seed, timeout_s):
     torch.set_num_threads(1)  # each rank is its own process: do not oversubscribe the cores
-    # The ranks meet through a file: a free TCP port picked in advance can be taken before they bind.
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=world_size,
-                            timeout=datetime.timedelta(seconds=timeout_s))
+    join_ranks(rank, world_size, timeout_s)
     try:
         # The mask state is the one thing every shard must agree on: rank 0 draws it, all use it.
         torch.manual_seed(seed)
@@ -105,18 +100,8 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=60.0, help="seconds before the run is abandoned")
     args = parser.parse_args(argv)
 
-    with tempfile.TemporaryDirectory() as store_directory:
-        store_file = os.path.join(store_directory, "store")
-        context = mp.spawn(worker, nprocs=args.world_size, join=False,
-                           args=(args.world_size, store_file, args.rows, args.cols, args.p, args.seed, args.timeout))
-        deadline = time.monotonic() + args.timeout
-        # join() raises if a rank failed (and stops the others); the deadline bounds a hung rank.
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    if process.is_alive():
-                        process.terminate()
-                sys.exit(f"timed out after {args.timeout} s")
+    run_ranks(worker, args.world_size, args.timeout,
+              args.world_size, args.rows, args.cols, args.p, args.seed, args.timeout)
     return 0
 
 

@@ -18,18 +18,15 @@ Exits 0 and prints "OK" when the checks pass.
 """
 
 import argparse
-import datetime
-import os
 import sys
-import tempfile
-import time
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.tensor import Replicate, Shard, distribute_tensor, init_device_mesh
 
 import tinybig_cuda
+
+from gloo_ranks import exit_rank, join_ranks, run_ranks
 
 WORLD_SIZE = 2
 
@@ -58,9 +55,9 @@ def train(weight, x, target, fabrication, args):
     return first
 
 
-def worker(rank, store_file, args):
+def worker(rank, args):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=args.timeout))
+    join_ranks(rank, WORLD_SIZE, args.timeout)
     try:
         mesh = init_device_mesh("cpu", (WORLD_SIZE,))
         torch.manual_seed(args.seed)  # every rank draws the same rng_state: one mask
@@ -95,12 +92,7 @@ def worker(rank, store_file, args):
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    # Done: leave without the interpreter's teardown, where gloo's threads still holding work from
-    # DTensor's collectives can abort the process (a rare SIGABRT after every check has passed,
-    # seen with torch 2.14's gloo).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank()
 
 
 def main(argv=None):
@@ -115,19 +107,7 @@ def main(argv=None):
     parser.add_argument("--timeout", type=float, default=120.0, help="seconds before the run is abandoned")
     args = parser.parse_args(argv)
 
-    # The ranks meet through a file, not a TCP port: a free port picked here could be taken by
-    # another process before rank 0 binds it.
-    with tempfile.TemporaryDirectory() as store_directory:
-        store_file = os.path.join(store_directory, "store")
-        context = mp.spawn(worker, nprocs=WORLD_SIZE, join=False, args=(store_file, args))
-        deadline = time.monotonic() + args.timeout
-        # join() raises if a rank failed (and stops the others); the deadline bounds a hung rank.
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    if process.is_alive():
-                        process.terminate()
-                sys.exit(f"timed out after {args.timeout} s")
+    run_ranks(worker, WORLD_SIZE, args.timeout, args)
     return 0
 
 

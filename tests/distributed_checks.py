@@ -7,21 +7,20 @@ unsharded tensor in one process, bit for bit.
 """
 
 import argparse
-import datetime
 import json
 import os
 import sys
-import tempfile
-import time
 import traceback
 
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.distributed.tensor import DTensor, Partial, Replicate, Shard, distribute_tensor, init_device_mesh
 
 import tinybig_cuda
 from tinybig_cuda.distributed import broadcast_rng_states
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from gloo_ranks import exit_rank, join_ranks, run_ranks  # noqa: E402  (the examples' launcher)
 
 WORLD_SIZE = 2
 P = 0.45
@@ -164,9 +163,9 @@ def run_checks():
     return results
 
 
-def worker(rank, store_file, out_path, timeout_s):
+def worker(rank, out_path, timeout_s):
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"file://{store_file}", rank=rank, world_size=WORLD_SIZE, timeout=datetime.timedelta(seconds=timeout_s))
+    join_ranks(rank, WORLD_SIZE, timeout_s)
     try:
         results = run_checks()
         if rank == 0:
@@ -175,12 +174,7 @@ def worker(rank, store_file, out_path, timeout_s):
         dist.barrier()
     finally:
         dist.destroy_process_group()
-    # Done: leave without the interpreter's teardown, where gloo's threads still holding work from
-    # DTensor's collectives can abort the process (a rare SIGABRT after every check has passed,
-    # seen with torch 2.14's gloo).
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    exit_rank()
 
 
 def main():
@@ -188,18 +182,7 @@ def main():
     parser.add_argument("out")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
-    # The ranks meet through a file, not a TCP port: a free port picked here could be taken by
-    # another process before rank 0 binds it.
-    with tempfile.TemporaryDirectory() as store_directory:
-        store_file = os.path.join(store_directory, "store")
-        context = mp.spawn(worker, nprocs=WORLD_SIZE, join=False, args=(store_file, args.out, args.timeout))
-        deadline = time.monotonic() + args.timeout
-        while not context.join(timeout=1.0):
-            if time.monotonic() > deadline:
-                for process in context.processes:
-                    if process.is_alive():
-                        process.terminate()
-                sys.exit(f"timed out after {args.timeout} s")
+    run_ranks(worker, WORLD_SIZE, args.timeout, args.out, args.timeout)
 
 
 if __name__ == "__main__":

@@ -61,22 +61,27 @@ cudaError_t launch_segment_offsets(const ScanLayout& scan, const Scratch& scratc
   return cudaGetLastError();
 }
 
-// Compact values are floating point (2, 4 or 8 bytes; never bool): no 1-byte kernels are built.
-template <typename Bits>
-constexpr bool is_compact_bits() {
-  return sizeof(Bits) > 1;
-}
-
-// Kernel 4 on the scratch that launch_compact_count_cuda filled; returns the layout and the scratch
-// that kernel 5 reads.
-cudaError_t prepare_ranks(int64_t numel, uint64_t element_offset, int64_t* scratch_words, int device,
-                          cudaStream_t stream, CompactLayout* layout, Scratch* scratch, unsigned* blocks) {
-  *layout = CompactLayout{numel, element_offset};
-  const ScanLayout scan = scan_layout(chunk_count(*layout));
-  *scratch = split_scratch(scratch_words, scan);
-  const cudaError_t status = launch_segment_offsets(scan, *scratch, device, stream);
+// Kernel 4 on the scratch that launch_compact_count_cuda filled, then kernel 5:
+// launch_kernel(Bits{}, layout, scratch, blocks) for the values' element size. Compact values are
+// floating point (2, 4 or 8 bytes; never bool), so no 1-byte kernels are built.
+template <typename LaunchKernel>
+cudaError_t rank_then_launch(int element_size, int64_t numel, uint64_t element_offset, int64_t* scratch_words,
+                             int device, cudaStream_t stream, LaunchKernel&& launch_kernel) {
+  const CompactLayout layout{numel, element_offset};
+  const ScanLayout scan = scan_layout(chunk_count(layout));
+  const Scratch scratch = split_scratch(scratch_words, scan);
+  cudaError_t status = launch_segment_offsets(scan, scratch, device, stream);
   if (status != cudaSuccess) return status;
-  return grid_stride_blocks(scan.chunks, device, blocks);
+  unsigned blocks = 0;
+  if ((status = grid_stride_blocks(scan.chunks, device, &blocks)) != cudaSuccess) return status;
+  return visit_element_bits(element_size, [&](auto bits) {
+    if constexpr (sizeof(bits) == 1) {
+      return cudaErrorInvalidValue;
+    } else {
+      launch_kernel(bits, layout, scratch, blocks);
+      return cudaGetLastError();
+    }
+  });
 }
 
 }  // namespace
@@ -121,46 +126,24 @@ cudaError_t read_compact_total_cuda(const int64_t* total, int64_t* host_total, b
 cudaError_t launch_compact_expand_cuda(const void* values, int64_t values_count, void* full,
                                        int element_size, int64_t numel, uint64_t element_offset,
                                        int64_t* scratch_words, int device, cudaStream_t stream) {
-  CompactLayout layout;
-  Scratch scratch;
-  unsigned blocks = 0;
-  const cudaError_t status =
-      prepare_ranks(numel, element_offset, scratch_words, device, stream, &layout, &scratch, &blocks);
-  if (status != cudaSuccess) return status;
-  return visit_element_bits(element_size, [&](auto bits) {
+  return rank_then_launch(element_size, numel, element_offset, scratch_words, device, stream,
+                          [&](auto bits, const CompactLayout& layout, const Scratch& scratch, unsigned blocks) {
     using Bits = decltype(bits);
-    if constexpr (!is_compact_bits<Bits>()) {
-      return cudaErrorInvalidValue;
-    } else {
-      const ExpandArgs<Bits> args{static_cast<const Bits*>(values), values_count, static_cast<Bits*>(full),
-                                  scratch.keep_bits, scratch.chunk_counts,
-                                  chunks_are_aligned<Bits>(full, element_offset)};
-      expand_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
-      return cudaGetLastError();
-    }
+    const ExpandArgs<Bits> args{static_cast<const Bits*>(values), values_count, static_cast<Bits*>(full),
+                                scratch.keep_bits, scratch.chunk_counts, chunks_are_aligned<Bits>(full, element_offset)};
+    expand_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
   });
 }
 
 cudaError_t launch_compact_compress_cuda(const void* full, void* values, int64_t values_count,
                                          int element_size, int64_t numel, uint64_t element_offset,
                                          int64_t* scratch_words, int device, cudaStream_t stream) {
-  CompactLayout layout;
-  Scratch scratch;
-  unsigned blocks = 0;
-  const cudaError_t status =
-      prepare_ranks(numel, element_offset, scratch_words, device, stream, &layout, &scratch, &blocks);
-  if (status != cudaSuccess) return status;
-  return visit_element_bits(element_size, [&](auto bits) {
+  return rank_then_launch(element_size, numel, element_offset, scratch_words, device, stream,
+                          [&](auto bits, const CompactLayout& layout, const Scratch& scratch, unsigned blocks) {
     using Bits = decltype(bits);
-    if constexpr (!is_compact_bits<Bits>()) {
-      return cudaErrorInvalidValue;
-    } else {
-      const CompressArgs<Bits> args{static_cast<const Bits*>(full), static_cast<Bits*>(values), values_count,
-                                    scratch.keep_bits, scratch.chunk_counts,
-                                    chunks_are_aligned<Bits>(full, element_offset)};
-      compress_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
-      return cudaGetLastError();
-    }
+    const CompressArgs<Bits> args{static_cast<const Bits*>(full), static_cast<Bits*>(values), values_count,
+                                  scratch.keep_bits, scratch.chunk_counts, chunks_are_aligned<Bits>(full, element_offset)};
+    compress_kernel<Bits><<<blocks, kThreadsPerBlock, 0, stream>>>(layout, args);
   });
 }
 

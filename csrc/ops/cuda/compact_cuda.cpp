@@ -47,19 +47,27 @@ void count_cuda(int64_t numel, double p, const at::Tensor& rng_state, uint64_t e
   // no sync: the count stays on the device
 }
 
+// Kernels 1-3 into a fresh scratch for kernels 4-5, with the kept count passed to `check_kept`
+// (which refuses a wrong one) unless the stream is being captured.
+template <typename CheckKept>
+at::Tensor checked_scratch(int64_t numel, double p, const at::Tensor& rng_state, uint64_t element_offset,
+                           const c10::cuda::CUDAStream& stream, CheckKept&& check_kept) {
+  at::Tensor scratch = count_into_scratch(numel, p, rng_state, element_offset, stream);
+  int64_t kept = 0;
+  if (read_total(scratch, stream, &kept)) check_kept(KeptCount::exactly(kept));
+  return scratch;
+}
+
 void expand_cuda(const at::Tensor& values, at::Tensor& full, double p, const at::Tensor& rng_state,
                  uint64_t element_offset) {
   const c10::cuda::CUDAGuard guard(values.device());
   const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t numel = full.numel();
-  at::Tensor scratch = count_into_scratch(numel, p, rng_state, element_offset, stream);
-  int64_t kept = 0;
-  if (read_total(scratch, stream, &kept)) check_values_match_mask(values, KeptCount::exactly(kept), full.sizes());
-
+  at::Tensor scratch = checked_scratch(full.numel(), p, rng_state, element_offset, stream,
+                                       [&](const KeptCount& kept) { check_values_match_mask(values, kept, full.sizes()); });
   const at::Tensor compact = values.contiguous();
   C10_CUDA_CHECK(launch_compact_expand_cuda(
       compact.const_data_ptr(), compact.numel(), full.mutable_data_ptr(),
-      static_cast<int>(values.element_size()), numel, element_offset,
+      static_cast<int>(values.element_size()), full.numel(), element_offset,
       scratch.mutable_data_ptr<int64_t>(), stream.device_index(), stream));
 }
 
@@ -67,15 +75,12 @@ void compress_cuda(const at::Tensor& full, at::Tensor& values, double p, const a
                    uint64_t element_offset) {
   const c10::cuda::CUDAGuard guard(full.device());
   const c10::cuda::CUDAStream stream = c10::cuda::getCurrentCUDAStream();
-  const int64_t numel = full.numel();
-  at::Tensor scratch = count_into_scratch(numel, p, rng_state, element_offset, stream);
-  int64_t kept = 0;
-  if (read_total(scratch, stream, &kept)) check_kept_count_matches_mask(values.numel(), KeptCount::exactly(kept), full);
-
+  at::Tensor scratch = checked_scratch(full.numel(), p, rng_state, element_offset, stream,
+                                       [&](const KeptCount& kept) { check_kept_count_matches_mask(values.numel(), kept, full); });
   const at::Tensor source = full.contiguous();
   C10_CUDA_CHECK(launch_compact_compress_cuda(
       source.const_data_ptr(), values.mutable_data_ptr(), values.numel(),
-      static_cast<int>(full.element_size()), numel, element_offset,
+      static_cast<int>(full.element_size()), full.numel(), element_offset,
       scratch.mutable_data_ptr<int64_t>(), stream.device_index(), stream));
 }
 
