@@ -110,7 +110,7 @@ def fake_check_element_offset(op, element_offset, numel):
 
 
 def fake_check_window(op, element_offset, row_length, shape, numel):
-    """element_offset and row_length of a tensor of `shape` (csrc/ops.cpp's checked_window)."""
+    """element_offset and row_length of a tensor of `shape` (csrc/ops/masking.cpp's checked_window)."""
     extent = numel
     if row_length is not None and numel > 0:
         width = shape[-1] if len(shape) > 0 else 1

@@ -1,6 +1,6 @@
 """Scale-out: DTensor shards masked as parts of the whole tensor, and one mask on every rank.
 
-A mask is a function of each element's *global* index (DESIGN.md §2), so a shard must be masked
+A mask is a function of each element's *global* index (docs/contract.md, 'Mask definition'), so a shard must be masked
 with its place in the whole tensor, which a sharding rule (output placed like the input) cannot
 pass to a kernel. This module registers, for DTensor, a rule that does: each rank masks its local
 shard with that shard's window in the whole tensor (an element offset and, for a shard of
@@ -79,7 +79,7 @@ def _window(op, global_shape, local_shape, global_offset):
     numel = math.prod(local_shape)
     if numel == 0:
         return 0, 1, 0, None
-    strides = [math.prod(global_shape[d + 1:]) for d in range(len(global_shape))]
+    strides = _contiguous_strides(global_shape)
     offset = sum(o * s for o, s in zip(global_offset, strides))
     partial_dims = [d for d in range(len(global_shape)) if local_shape[d] != global_shape[d]]
     if not partial_dims:
