@@ -586,6 +586,21 @@ def test_counts_that_cannot_match_are_refused_before_the_mask_is_counted():
     assert tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, kept).shape == (kept,)
 
 
+def test_empty_compact_cache_forgets_the_counted_masks():
+    """A remembered mask refuses a wrong count with the exact count; a forgotten one is counted
+    again, and (past 2**24 elements) the counting stops once the claim is ruled out."""
+    state, numel = make_state(77, 78), 2**25
+    full = torch.zeros(numel, dtype=torch.float16)
+    kept = tinybig_cuda.count_kept(numel, 0.5, state)  # counts the mask, and remembers its ranks
+    with pytest.raises(ValueError, match=error_pattern("kept_count", rf"\b{kept}\b", str(kept - 1))):
+        tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, kept - 1)
+    tinybig_cuda.empty_compact_cache()
+    with pytest.raises(ValueError, match=error_pattern("kept_count", "at most", str(numel - 1))) as refused:
+        tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, numel - 1)
+    assert "counting stopped" in str(refused.value)
+    assert tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, kept).shape == (kept,)
+
+
 def test_remembered_ranks_are_keyed_on_every_input_of_the_mask():
     """The CPU ops remember each mask's per-chunk ranks: every input that changes the mask must
     give its own (checked against the reference after the cache holds the others)."""

@@ -8,6 +8,7 @@
     bernoulli_mask_count / count_kept       how many entries a mask keeps (tensor / int)
     bernoulli_mask_expand                   kept values -> the full masked matrix
     bernoulli_mask_compress                 full matrix -> its kept values
+    empty_compact_cache                     forget the masks expand and compress have counted
     cpu_output_cache_info, set_cpu_output_cache_limit, empty_cpu_output_cache
                                             the cache that reuses large CPU outputs' memory
     patch_tinybig()                         make tinyBIG build this package's masking_reconciliation
@@ -19,7 +20,7 @@ import sys
 from . import _library  # first: checks the build against this torch and loads the ops
 from . import ops, reference
 from .modules import fabrication, masking_reconciliation
-from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_mask_expand, count_kept
+from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_mask_expand, count_kept, empty_compact_cache
 from .drop_in import patch_tinybig
 from .memory import cpu_output_cache_info, empty_cpu_output_cache, set_cpu_output_cache_limit
 from .ops import bernoulli_mask, bernoulli_mask_apply
@@ -28,7 +29,7 @@ if "torch.distributed.tensor" in sys.modules:  # DTensor in use: register its ru
     ops._register_dtensor_rules()
 
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask", "fabrication", "masking_reconciliation", "reference"]
-__all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
+__all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress", "empty_compact_cache"]
 __all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache", "patch_tinybig"]
 __version__ = "0.1.0"
 op_library_path = _library.OP_LIBRARY_PATH  # for torch.ops.load_library, AOTInductor runners and C++

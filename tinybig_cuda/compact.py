@@ -9,6 +9,7 @@ with their fake kernels (their autograd is in csrc/ops/autograd.cpp):
     count_kept(numel, p, rng_state)                     K, as a Python int
     bernoulli_mask_expand(values, p, rng_state, shape)  the K values scattered into a zero matrix
     bernoulli_mask_compress(full, p, rng_state, K)      the K kept entries of a full matrix
+    empty_compact_cache()                               forget the masks expand and compress counted
 
 Expand and compress are each other's adjoint, so each is the other's backward.
 """
@@ -18,9 +19,10 @@ from typing import Optional, Sequence
 import torch
 
 from . import ops  # noqa: F401  (loads the compiled library, or says why it cannot)
+from . import _C
 from . import _arguments as arguments
 
-__all__ = ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress"]
+__all__ = ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress", "empty_compact_cache"]
 
 
 def bernoulli_mask_count(numel: int, p: float, rng_state: torch.Tensor, element_offset: int = 0) -> torch.Tensor:
@@ -106,6 +108,15 @@ def bernoulli_mask_compress(
         kept_count = count_kept(full.numel(), p, rng_state, element_offset)
     kept_count = arguments.integer(op, "kept_count", kept_count)
     return torch.ops.tinybig_cuda.bernoulli_mask_compress.default(full, p, rng_state, kept_count, element_offset)
+
+
+def empty_compact_cache() -> None:
+    """Forgets every mask that expand and compress have counted. They remember, by value, the
+    ranks of the masks they count, so that later calls on the same mask skip the counting: on the
+    CPU a few KiB per mask (at most 16 MiB), and on CUDA, for a ``rng_state`` on the CPU, 1/4 byte
+    per element of GPU memory (at most 256 MiB per process; freed by itself when the GPU runs out
+    of memory for a new mask). The next call on a forgotten mask counts it again."""
+    _C.empty_compact_cache()
 
 
 # ---------------------------------------------------------------- fake kernels

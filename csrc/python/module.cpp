@@ -16,6 +16,7 @@
 #include "ops/build.h"
 #include "ops/argument_checks.h"
 #include "ops/fabrication.h"
+#include "ops/mask_cache.h"
 #include "ops/output_memory.h"
 #include "philox_mask.h"
 
@@ -59,6 +60,8 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "Caches at most this many bytes of freed CPU outputs (0: none), freeing the rest.");
   module.def("empty_output_cache", &tc::empty_output_cache,
              "Frees every cached CPU output block.");
+  module.def("empty_compact_cache", &tc::clear_mask_caches,
+             "Forgets every mask the compact ops counted, freeing their ranks (on the GPU too).");
   module.def("draw_rng_state", &tc::draw_rng_state,
              "A fresh int64 [seed, offset] on the device, from torch's default generator for it.");
   module.def("masked_fabrication", &tc::masked_fabrication,

@@ -10,19 +10,14 @@
 #include <torch/library.h>
 
 #include <atomic>
-#include <list>
 #include <memory>
-#include <mutex>
-#include <utility>
+#include <optional>
 #include <vector>
-
-#if defined(__linux__)
-#include <pthread.h>
-#endif
 
 #include "cpu/compact_ranges.h"
 #include "ops/cpu/mask_key.h"
 #include "ops/compact.h"
+#include "ops/mask_cache.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -48,62 +43,9 @@ int64_t chunk_end(int64_t chunk, int64_t numel) {
 // first_rank[c] is the rank of chunk c's first kept element; first_rank.back() is the total.
 using FirstRanks = std::shared_ptr<const std::vector<int64_t>>;
 
-struct MaskIdentity {
-  MaskKey key;
-  uint64_t element_offset;
-  int64_t numel;
-  bool operator==(const MaskIdentity& other) const {
-    return key.seed == other.key.seed && key.offset == other.key.offset &&
-           key.threshold == other.key.threshold && element_offset == other.element_offset &&
-           numel == other.numel;
-  }
-};
-
-class FirstRanksCache {
- public:
-  static FirstRanksCache& instance() {
-    static FirstRanksCache* cache = new FirstRanksCache();  // leaked: used while the process exits
-    return *cache;
-  }
-
-  FirstRanks find(const MaskIdentity& mask) {
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (auto it = entries_.begin(); it != entries_.end(); ++it) {
-      if (it->first == mask) {
-        entries_.splice(entries_.begin(), entries_, it);  // now the most recently used
-        return it->second;
-      }
-    }
-    return nullptr;
-  }
-
-  void insert(const MaskIdentity& mask, FirstRanks ranks) {
-    const size_t bytes = ranks->size() * sizeof(int64_t);
-    std::lock_guard<std::mutex> lock(mutex_);
-    for (const auto& entry : entries_) {
-      if (entry.first == mask) return;  // counted by two threads at once
-    }
-    entries_.emplace_front(mask, std::move(ranks));
-    bytes_ += bytes;
-    while (entries_.size() > kMaxCachedMasks || bytes_ > kMaxCachedRankBytes) {
-      bytes_ -= entries_.back().second->size() * sizeof(int64_t);
-      entries_.pop_back();
-    }
-  }
-
- private:
-  FirstRanksCache() {
-#if defined(__linux__)
-    // Hold the lock across fork() so that both processes start with it free (DataLoader workers).
-    pthread_atfork([] { instance().mutex_.lock(); }, [] { instance().mutex_.unlock(); },
-                   [] { instance().mutex_.unlock(); });
-#endif
-  }
-
-  std::mutex mutex_;
-  std::list<std::pair<MaskIdentity, FirstRanks>> entries_;  // most recently used first
-  size_t bytes_ = 0;
-};
+MaskCache<FirstRanks>& first_ranks_cache() {
+  return MaskCache<FirstRanks>::instance(kMaxCachedMasks, kMaxCachedRankBytes);
+}
 
 // The first ranks of every chunk, from the cache or counted in parallel. `claimed` >= 0 is the
 // count the caller's tensor implies: counting a large mask stops as soon as the partial counts
@@ -111,9 +53,9 @@ class FirstRanksCache {
 FirstRanks chunk_first_ranks(CpuIsa isa, int64_t numel, uint64_t element_offset, const MaskKey& key,
                              int64_t claimed, KeptCount* kept) {
   const MaskIdentity mask{key, element_offset, numel};
-  if (FirstRanks cached = FirstRanksCache::instance().find(mask)) {
-    *kept = KeptCount::exactly(cached->back());
-    return cached;
+  if (std::optional<FirstRanks> cached = first_ranks_cache().find(mask)) {
+    *kept = KeptCount::exactly((*cached)->back());
+    return *cached;
   }
   const int64_t chunks = chunk_count(numel);
   auto first_rank = std::make_shared<std::vector<int64_t>>(chunks + 1, 0);
@@ -143,7 +85,7 @@ FirstRanks chunk_first_ranks(CpuIsa isa, int64_t numel, uint64_t element_offset,
   }
   for (int64_t c = 0; c < chunks; ++c) (*first_rank)[c + 1] += (*first_rank)[c];
   *kept = KeptCount::exactly(first_rank->back());
-  if (chunks <= kMaxCachedChunks) FirstRanksCache::instance().insert(mask, first_rank);
+  if (chunks <= kMaxCachedChunks) first_ranks_cache().insert(mask, first_rank, first_rank->size() * sizeof(int64_t));
   return first_rank;
 }
 
