@@ -62,6 +62,20 @@ struct MaskKey {
   uint64_t threshold;  // keep_threshold(p), in [0, 2**32]
 };
 
+// Where a launch finds the mask's seed and offset: in device memory, read by the kernel (a CUDA
+// rng_state: a CUDA graph replays with the state's value at replay), or by value (a CPU one,
+// which the host reads without waiting for the device).
+struct MaskKeySource {
+  const int64_t* device_state;  // [seed, offset] on the device, or null
+  MaskKey key;                  // key.seed and key.offset are read only when device_state is null
+};
+
+TINYBIG_HOST_DEVICE MaskKey resolve_mask_key(const MaskKeySource& source) {
+  if (source.device_state == nullptr) return source.key;
+  return MaskKey{static_cast<uint64_t>(source.device_state[0]),
+                 static_cast<uint64_t>(source.device_state[1]), source.key.threshold};
+}
+
 // floor(p * 2**32): word < threshold keeps an element with probability exactly threshold / 2**32.
 // Scaling by a power of two is exact in double, so host code anywhere computes the same integer.
 inline uint64_t keep_threshold(double p) {

@@ -301,9 +301,23 @@ def test_bad_arguments_are_refused_with_named_messages(device):
             call(1.0000001)
     with pytest.raises(ValueError, match=error_pattern("element_offset", ">= 0", "-2")):
         tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, 5, element_offset=-2)
-    other = "meta" if device == "cpu" else "cpu"
-    with pytest.raises((ValueError, RuntimeError), match=error_pattern("rng_state", re.escape(str(torch.device(device))), other)):
-        tinybig_cuda.bernoulli_mask_expand(values, 0.5, state.to(other), (3, 4))
+    with pytest.raises(ValueError, match=error_pattern("rng_state", re.escape(str(torch.device(device))), "meta")):
+        tinybig_cuda.bernoulli_mask_expand(values, 0.5, state.to("meta"), (3, 4))
+
+
+def test_expand_and_compress_take_a_cpu_state_with_data_on_any_device():
+    """A CPU state lets the host check the kept count without waiting for the device (on CUDA, no
+    sync). Checked here on the meta device (the fake kernels' rules); the CUDA kernels' use of it
+    is in tests/test_cuda.py."""
+    state = _state("cpu")
+    kept = tinybig_cuda.count_kept(12, 0.5, state)
+    full = tinybig_cuda.bernoulli_mask_expand(torch.empty(kept, device="meta"), 0.5, state, (3, 4))
+    assert full.device.type == "meta" and full.shape == (3, 4)
+    values = tinybig_cuda.bernoulli_mask_compress(torch.empty(3, 4, device="meta"), 0.5, state, kept)
+    assert values.device.type == "meta" and values.shape == (kept,)
+    # The masking ops read the state on the data's device: only the compact ops need the count.
+    with pytest.raises(ValueError, match=error_pattern("rng_state", "meta", "cpu")):
+        tinybig_cuda.bernoulli_mask_apply(torch.empty(3, 4, device="meta"), 0.5, state)
 
 
 # ---------------------------------------------------------------- the compact module
@@ -331,6 +345,22 @@ def _full_and_compact(p, device="cpu"):
     compact = masking_reconciliation(p=p, compact=True, device=device)
     compact.load_state_dict(full.state_dict())
     return full, compact
+
+
+def test_compact_module_leaves_a_cpu_state_on_the_cpu():
+    """The host reads a CPU state without waiting for the device, so on CUDA a compact module whose
+    state is on the CPU checks w's count with no sync (tests/test_cuda.py). Here the data is on the
+    meta device, where a state moved with it could not even be read."""
+    n, D = 9, 7
+    module = masking_reconciliation(p=0.3, compact=True)
+    w = torch.empty(1, module.calculate_l(n, D), device="meta")
+    for _ in range(2):
+        assert module(n, D, w).device.type == "meta"
+        assert module.rng_state.device.type == "cpu"
+    assert module.mask_matrix.device.type == "meta"  # the mask of the last call, on its device
+    assert module.expand_parameters(w, n, D).shape == (1, n * D)
+    assert module.compress_parameters(torch.empty(2, n * D, device="meta"), n, D).shape == (2, w.shape[-1])
+    assert module.rng_state.device.type == "cpu"
 
 
 def test_compact_requires_a_fixed_mask():

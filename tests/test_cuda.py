@@ -135,3 +135,81 @@ def test_side_stream():
         out = tinybig_cuda.bernoulli_mask_apply(w, 0.5, state)
     torch.cuda.current_stream().wait_stream(stream)
     assert torch.equal(out.cpu(), tinybig_cuda.bernoulli_mask_apply(w.cpu(), 0.5, state.cpu()))
+
+
+@pytest.fixture
+def sync_is_an_error():
+    """Any host sync torch sees (c10's copy-and-sync included) raises, until the test ends."""
+    torch.cuda.set_sync_debug_mode("error")
+    yield
+    torch.cuda.set_sync_debug_mode("default")
+
+
+@needs_gpu
+def test_compact_ops_with_a_cpu_state_check_the_count_without_a_sync(request):
+    state = torch.tensor([3, -4])
+    full = torch.randn(300, 70, device="cuda")
+    kept = tinybig_cuda.count_kept(full.numel(), 0.3, state)  # on the CPU: the state's device
+    values = tinybig_cuda.bernoulli_mask_compress(full, 0.3, state, kept)  # ranks the mask: one sync
+    cuda_state = state.cuda()
+    request.getfixturevalue("sync_is_an_error")
+    again = tinybig_cuda.bernoulli_mask_compress(full, 0.3, state, kept)
+    expanded = tinybig_cuda.bernoulli_mask_expand(values, 0.3, state, full.shape)
+    with pytest.raises(ValueError, match="kept_count"):
+        tinybig_cuda.bernoulli_mask_compress(full, 0.3, state, kept + 1)
+    with pytest.raises(ValueError, match="values"):
+        tinybig_cuda.bernoulli_mask_expand(values[1:], 0.3, state, full.shape)
+    # A state on the GPU cannot be read without waiting: each call syncs, and torch sees it.
+    with pytest.raises(RuntimeError, match="synchroniz"):
+        tinybig_cuda.bernoulli_mask_compress(full, 0.3, cuda_state, kept)
+    torch.cuda.set_sync_debug_mode("default")
+    expected = tinybig_cuda.bernoulli_mask_compress(full.cpu(), 0.3, state, kept)
+    assert torch.equal(values.cpu(), expected) and torch.equal(again.cpu(), expected)
+    assert torch.equal(expanded.cpu(), tinybig_cuda.bernoulli_mask_apply(full.cpu(), 0.3, state))
+
+
+@needs_gpu
+def test_compact_module_with_a_cpu_state_trains_on_cuda_without_a_sync(request):
+    n, D = 64, 48
+    module = tinybig_cuda.masking_reconciliation(p=0.3, compact=True)  # its state stays on the CPU
+    w = torch.randn(1, module.calculate_l(n, D), device="cuda", requires_grad=True)
+    module(n, D, w).sum().backward()  # pins the state, ranks the mask
+    assert module.rng_state.device.type == "cpu" and module.rng_state.is_pinned()
+    request.getfixturevalue("sync_is_an_error")
+    w.grad = None
+    out = module(n, D, w)
+    out.sum().backward()
+    torch.cuda.set_sync_debug_mode("default")
+    cpu_w = w.detach().cpu().requires_grad_()
+    cpu_out = module(n, D, cpu_w)
+    cpu_out.sum().backward()
+    assert torch.equal(out.detach().cpu(), cpu_out.detach()) and torch.equal(w.grad.cpu(), cpu_w.grad)
+    # Moved with .to(), the state stays on the GPU (each call then reads it back) and gives the same bits.
+    module.cuda()
+    assert torch.equal(module(n, D, w).cpu(), cpu_out.detach()) and module.rng_state.is_cuda
+
+
+@needs_gpu
+def test_compact_graph_replays_read_a_pinned_cpu_state():
+    state = torch.tensor([9, 10]).pin_memory()
+    full = torch.randn(129, 65, device="cuda")
+    kept = tinybig_cuda.count_kept(full.numel(), 0.6, state)
+    values = tinybig_cuda.bernoulli_mask_compress(full, 0.6, state, kept)  # warm-up: ranks and caches
+    tinybig_cuda.bernoulli_mask_expand(values, 0.6, state, full.shape)  # and loads the expand kernel
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        expanded = tinybig_cuda.bernoulli_mask_expand(values, 0.6, state, full.shape)
+    tinybig_cuda.empty_compact_cache()  # the graph owns what it replays on
+    for new_state in ([9, 10], [11, -12]):
+        state.copy_(torch.tensor(new_state))
+        values.mul_(-2.0)
+        graph.replay()
+        # A state whose mask keeps another count: the graph scatters what values has, zeros past it.
+        mask = tinybig_cuda.bernoulli_mask(full.shape, 0.6, state).reshape(-1)
+        kept_here = mask.nonzero().squeeze(1)[: values.numel()]
+        expected = torch.zeros(full.numel())
+        expected[kept_here] = values.cpu()[: kept_here.numel()]
+        assert torch.equal(expanded.cpu().reshape(-1), expected)
+    with pytest.raises(ValueError, match=r"rng_state.*pinned"):
+        with torch.cuda.graph(torch.cuda.CUDAGraph()):
+            tinybig_cuda.bernoulli_mask_expand(values, 0.6, torch.tensor([9, 10]), full.shape)

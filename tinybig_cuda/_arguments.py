@@ -86,7 +86,8 @@ def fake_check_probability(op, p):
     torch._check_value(0.0 <= p <= 1.0, lambda: f"{op}: expected p, the keep probability, in [0, 1], but got {p!r}")
 
 
-def fake_check_rng_state(op, rng_state, device):
+def fake_check_rng_state(op, rng_state, device, cpu_allowed=False):
+    """csrc/ops/argument_checks.cpp's check_rng_state."""
     torch._check_type(
         rng_state.dtype == torch.int64,
         lambda: f"{op}: expected rng_state to be an int64 tensor [seed, offset], but got dtype {rng_state.dtype}",
@@ -95,9 +96,11 @@ def fake_check_rng_state(op, rng_state, device):
         rng_state.dim() == 1 and rng_state.shape[0] == 2,
         lambda: f"{op}: expected rng_state to have shape [2] ([seed, offset]), but got shape {list(rng_state.shape)}",
     )
+    cpu_too = cpu_allowed and device.type != "cpu"
     torch._check_value(
-        rng_state.device == device,
-        lambda: f"{op}: expected rng_state on {device} (the device of the data it masks), but got it on {rng_state.device}",
+        rng_state.device == device or (cpu_allowed and rng_state.device.type == "cpu"),
+        lambda: f"{op}: expected rng_state on {device} (the device of the data it masks){' or on the CPU' if cpu_too else ''}, "
+        f"but got it on {rng_state.device}",
     )
 
 

@@ -65,9 +65,11 @@ def bernoulli_mask_expand(
     Args:
         values: 1-D float32, float64, float16 or bfloat16 tensor holding exactly the mask's kept
             count of entries (anything else raises a ValueError that says both counts; on CUDA,
-            checking costs one host sync per call).
+            checking costs a host sync per call, or only on a mask's first call where
+            `rng_state` is on the CPU).
         p: keep probability in [0, 1].
-        rng_state: int64 tensor ``[seed, offset]`` on `values`' device.
+        rng_state: int64 tensor ``[seed, offset]`` on `values`' device, or on the CPU (on
+            CUDA, the count is then checked without waiting for the GPU).
         shape: the full matrix's shape.
         element_offset: flat index of the matrix's element 0 in a larger logical matrix (for
             shards); ``values[0]`` is then the shard's first kept entry.
@@ -92,7 +94,8 @@ def bernoulli_mask_compress(
     Args:
         full: float32, float64, float16 or bfloat16 tensor of any shape and strides.
         p: keep probability in [0, 1].
-        rng_state: int64 tensor ``[seed, offset]`` on `full`'s device.
+        rng_state: int64 tensor ``[seed, offset]`` on `full`'s device, or on the CPU (as for
+            `bernoulli_mask_expand`).
         kept_count: the mask's kept count for ``full.numel()`` elements (from `count_kept`). The op
             needs it to know its output's size without running (torch.compile, fake tensors), and
             refuses any other value. None counts it here first (on CUDA, a host sync).
@@ -151,7 +154,7 @@ def _(values, p, rng_state, shape, element_offset=0):
         lambda: f"{op}: expected values to have at most {numel} elements (a mask keeps at most every entry of shape {list(shape)}), but got {values.numel()}",
     )
     arguments.fake_check_probability(op, p)
-    arguments.fake_check_rng_state(op, rng_state, values.device)
+    arguments.fake_check_rng_state(op, rng_state, values.device, cpu_allowed=True)
     arguments.fake_check_element_offset(op, element_offset, numel)
     # Whether values holds the mask's kept count depends on data; the real kernels check it.
     return torch.empty(shape, dtype=values.dtype, device=values.device)
@@ -167,6 +170,6 @@ def _(full, p, rng_state, kept_count, element_offset=0):
         lambda: f"{op}: expected kept_count <= {full.numel()} (a mask keeps at most every entry of full), but got {kept_count}",
     )
     arguments.fake_check_probability(op, p)
-    arguments.fake_check_rng_state(op, rng_state, full.device)
+    arguments.fake_check_rng_state(op, rng_state, full.device, cpu_allowed=True)
     arguments.fake_check_element_offset(op, element_offset, full.numel())
     return torch.empty((kept_count,), dtype=full.dtype, device=full.device)

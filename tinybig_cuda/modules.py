@@ -100,7 +100,9 @@ class masking_reconciliation(fabrication):
             w's K values into the (n, D) matrix, zeros elsewhere. The parameters, their gradients,
             optimizer state and checkpoints then take about p times the memory. Requires
             ``fixed_mask=True``. `compress_parameters` and `expand_parameters` convert between
-            full (tinyBIG-style) and compact parameters.
+            full (tinyBIG-style) and compact parameters. On CUDA, each call reads
+            ``rng_state`` back to check w's count (one host sync); a ``rng_state`` kept on the
+            CPU (``fab.rng_state = fab.rng_state.cpu()`` after ``.to()``) costs no sync.
         *args, **kwargs: passed on to `fabrication` (``require_parameters``, ``enable_bias``,
             ``device``). As in tinyBIG, ``device`` is only recorded: construction touches no
             device, and ``rng_state`` moves with ``.to()`` or to w's device at the first call.
@@ -122,7 +124,7 @@ class masking_reconciliation(fabrication):
             )
         self.fixed_mask = bool(fixed_mask)
         self.compact = bool(compact)
-        self._kept_counts = {}  # (n, D, p, device, state value) -> K, so forward checks w without recounting
+        self._kept_counts = {}  # (n, D, p, state value) -> K, so forward checks w without recounting
         self._mask_matrix_of = None  # (n, D, device or None for rng_state's): what mask_matrix shows
         # Drawn on the CPU, so one torch.manual_seed gives one mask on every device. Under a meta
         # device (FSDP2's deferred init) nothing is drawn: to_empty() then reset_parameters() make it.
@@ -161,20 +163,22 @@ class masking_reconciliation(fabrication):
 
         With ``compact=True``: K, the exact number of entries the module's mask keeps of an (n, D)
         matrix (its expectation is p*n*D, as tinyBIG's documentation promises), counted by a
-        kernel without materialising the mask (on CUDA, one host sync, then remembered).
+        kernel without materialising the mask (on CUDA, one host sync), then remembered.
         """
         n, D = _check_size("n", n), _check_size("D", D)
         return self._kept_count(n, D) if self.compact else n * D
 
-    def _kept_count(self, n, D):
+    def _kept_count(self, n, D, state=None):
+        """K of the mask of `state` (the module's rng_state if None), remembered by value."""
         if n * D > arguments.MAX_COMPACT_ELEMENTS:
             raise ValueError(
                 f"masking_reconciliation: expected n*D <= 2**62 - 1 (the most elements a compact matrix can have), but got n={n}, D={D}"
             )
-        state = self.rng_state
+        state = self.rng_state if state is None else state
         # Keyed on the state's value (on CUDA, reading it is a 16-byte copy): a new state tensor
         # at a freed address, or one written behind autograd's back, can never give a stale count.
-        key = (n, D, self.p, state.device, tuple(state.tolist()))
+        # The count is the same on every device.
+        key = (n, D, self.p, tuple(state.tolist()))
         kept = self._kept_counts.get(key)
         if kept is None:
             if len(self._kept_counts) >= 64:
@@ -182,8 +186,8 @@ class masking_reconciliation(fabrication):
             kept = self._kept_counts[key] = count_kept(n * D, self.p, state)
         return kept
 
-    def _check_compact_w(self, n, D, w):
-        kept = self._kept_count(n, D)
+    def _check_compact_w(self, n, D, w, state):
+        kept = self._kept_count(n, D, state)
         if w.numel() != kept:
             raise ValueError(
                 f"masking_reconciliation: expected w to have calculate_l({n}, {D}) = {kept} elements (compact=True: "
@@ -257,10 +261,11 @@ class masking_reconciliation(fabrication):
         if self.compact:
             self._check_device(w, device)
             arguments.check_maskable_dtype("masking_reconciliation", "w", w)  # the op would call it `values`
-            if not torch.compiler.is_compiling():  # the op checks the count again, also when compiled
-                self._check_compact_w(n, D, w)
-            matrix = bernoulli_mask_expand(w.reshape(-1), self.p, self._state_on(w.device), (n, D))
-            self._mask_matrix_of = (n, D, None)  # once the call succeeded
+            state = self._compact_ops_state(w.device)
+            if state.device.type == "cpu" and not _is_compiling():  # the op checks the count again, also when compiled
+                self._check_compact_w(n, D, w, state)
+            matrix = bernoulli_mask_expand(w.reshape(-1), self.p, state, (n, D))
+            self._mask_matrix_of = (n, D, w.device)  # once the call succeeded
             return matrix
         if w.numel() != n * D:
             raise ValueError(
@@ -284,6 +289,27 @@ class masking_reconciliation(fabrication):
             state = state.to(device)
             self._buffers["rng_state"] = state
         return state
+
+    def _compact_ops_state(self, device):
+        """The fixed state as the compact ops take it for data on `device`: on the CPU wherever
+        its value can be read, so that the ops check the kept count without waiting for the device
+        and, on CUDA, skip counting a mask they have seen (csrc/ops/cuda/compact_cuda.cpp).
+
+        - A state on the CPU stays there. Used with CUDA data it is pinned, once, so that a CUDA
+          graph captured with it copies its value at every replay.
+        - A state elsewhere moves to `device` for good, as for the masking ops; its 16 bytes are
+          then read back on each call (on CUDA, one host sync). Under torch.compile or CUDA graph
+          capture, where no value can be read, and on the meta device, the state itself is passed.
+        """
+        state = self._buffers["rng_state"]
+        if state.device.type == "cpu":
+            if device.type == "cuda" and not _is_compiling() and not state.is_pinned():
+                state = self._buffers["rng_state"] = state.pin_memory()
+            return state
+        state = self._state_on(device)
+        if _is_compiling() or state.is_meta or (state.is_cuda and torch.cuda.is_current_stream_capturing()):
+            return state
+        return state.cpu()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         key = prefix + "rng_state"
@@ -329,8 +355,8 @@ class masking_reconciliation(fabrication):
         self._check_fixed_mask("compress_parameters")
         if w.dim() == 0 or w.shape[-1] != n * D:
             raise ValueError(f"masking_reconciliation: expected w of shape (..., n*D) = (..., {n * D}), but got shape {tuple(w.shape)}")
-        kept = self._kept_count(n, D)
-        state = self._state_on(w.device)
+        state = self._compact_ops_state(w.device)
+        kept = self._kept_count(n, D, state)
         rows = [bernoulli_mask_compress(row, self.p, state, kept) for row in w.reshape(-1, n * D)]
         return _stack_rows(rows, w, kept)
 
@@ -348,13 +374,13 @@ class masking_reconciliation(fabrication):
         """
         n, D = _check_size("n", n), _check_size("D", D)
         self._check_fixed_mask("expand_parameters")
-        kept = self._kept_count(n, D)
+        state = self._compact_ops_state(w.device)
+        kept = self._kept_count(n, D, state)
         if w.dim() == 0 or w.shape[-1] != kept:
             raise ValueError(
                 f"masking_reconciliation: expected w of shape (..., K) = (..., {kept}), K the entries the mask keeps "
                 f"of the {n}x{D} matrix, but got shape {tuple(w.shape)}"
             )
-        state = self._state_on(w.device)
         rows = [bernoulli_mask_expand(row, self.p, state, (n * D,)) for row in w.reshape(-1, kept)]
         return _stack_rows(rows, w, n * D)
 

@@ -12,9 +12,11 @@
 //   5. expand_thread /          chunk c: scatter values[rank...] to the kept positions of its 64
 //      compress_thread          elements, or gather them from there
 //
-// The count op runs 1-3; expand and compress run 1-5, with a host check of the total between 3
-// and 4. Kernel 1 stores each chunk's 64 keep bits (1 bit per element, for the duration of the
-// op) so that kernel 5 does not compute the Philox stream a second time.
+// Kernels 1-4 rank a mask: they leave each chunk's 64 keep bits (1 bit per element) and first
+// rank in a scratch buffer, and the total kept count in its last word. The count op runs 1-3.
+// Expand and compress run kernel 5 on a ranked mask's scratch -- one they rank for the call, or
+// one an earlier call on the same mask left in the cache (ops/cuda/compact_cuda.cpp) -- so the
+// Philox stream is generated at most once per call, and not at all on a cached mask.
 #pragma once
 
 #include <cstdint>

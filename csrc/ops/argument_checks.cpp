@@ -31,15 +31,18 @@ void check_keep_probability(const char* op, double p) {
                     shortest_repr(p));
 }
 
-void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device) {
+void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device,
+                     bool cpu_allowed) {
   TORCH_CHECK_TYPE(rng_state.scalar_type() == at::kLong, op,
                    ": expected rng_state to be an int64 tensor [seed, offset], but got dtype ",
                    rng_state.scalar_type());
   TORCH_CHECK_VALUE(rng_state.dim() == 1 && rng_state.size(0) == 2, op,
                     ": expected rng_state to have shape [2] ([seed, offset]), but got shape ",
                     rng_state.sizes());
-  TORCH_CHECK_VALUE(rng_state.device() == device, op, ": expected rng_state on ", device,
-                    " (the device of the data it masks), but got it on ", rng_state.device());
+  TORCH_CHECK_VALUE(rng_state.device() == device || (cpu_allowed && rng_state.is_cpu()), op,
+                    ": expected rng_state on ", device, " (the device of the data it masks)",
+                    cpu_allowed && !device.is_cpu() ? " or on the CPU" : "", ", but got it on ",
+                    rng_state.device());
 }
 
 void check_element_offset(const char* op, int64_t element_offset, int64_t numel) {

@@ -19,7 +19,11 @@ constexpr int64_t kMaxCompactElements = std::numeric_limits<int64_t>::max() / 2;
 std::string limit_text(int64_t limit);
 
 void check_keep_probability(const char* op, double p);
-void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device);
+// rng_state must be an int64 [seed, offset] on `device`, the data's; or on the CPU as well where
+// `cpu_allowed` (the compact ops: the host then knows the mask's count without waiting for the
+// device).
+void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device,
+                     bool cpu_allowed = false);
 void check_element_offset(const char* op, int64_t element_offset, int64_t numel);
 // row_length of a window of `rows` rows of `width` elements (rows, width > 0): at least width, so
 // rows do not overlap. Returns the global indices the window spans, (rows - 1) * row_length + width.

@@ -36,7 +36,7 @@ int64_t check_expand_arguments(const at::Tensor& values, double p, const at::Ten
                     " elements (a mask keeps at most every entry of shape ", shape, "), but got ",
                     values.numel());
   check_keep_probability(kExpandOp, p);
-  check_rng_state(kExpandOp, rng_state, values.device());
+  check_rng_state(kExpandOp, rng_state, values.device(), /*cpu_allowed=*/true);
   check_element_offset(kExpandOp, element_offset, numel);
   return numel;
 }
@@ -48,7 +48,7 @@ void check_compress_arguments(const at::Tensor& full, double p, const at::Tensor
   TORCH_CHECK_VALUE(kept_count <= full.numel(), kCompressOp, ": expected kept_count <= ", full.numel(),
                     " (a mask keeps at most every entry of full), but got ", kept_count);
   check_keep_probability(kCompressOp, p);
-  check_rng_state(kCompressOp, rng_state, full.device());
+  check_rng_state(kCompressOp, rng_state, full.device(), /*cpu_allowed=*/true);
   check_element_offset(kCompressOp, element_offset, full.numel());
 }
 

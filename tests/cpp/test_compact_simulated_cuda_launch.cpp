@@ -24,8 +24,9 @@ int64_t reference_count(int64_t numel, uint64_t element_offset, const MaskKey& k
   return kept;
 }
 
-// A simulated launch of the count kernels 1-3 (and, for expand/compress, kernel 4) with
-// `threads` threads each; returns the scratch as compact.cu lays it out.
+// A simulated launch of the count kernels 1-3 (and then kernel 4, which ranks the mask) with
+// `threads` threads each; returns the scratch as compact.cu lays it out. Kernel 5 then runs on one
+// ranked scratch many times, as on a mask the CUDA kernels cached.
 struct Scratch {
   std::vector<uint64_t> keep_bits;
   std::vector<int64_t> chunk_counts;
@@ -33,14 +34,17 @@ struct Scratch {
   int64_t total = -1;
 };
 
-Scratch simulate_count(const CompactLayout& layout, const MaskKey& key, uint64_t threads) {
+// The key comes as count_chunks_kernel gets it: by value (a CPU rng_state) or read from the
+// state's memory (a CUDA one).
+Scratch simulate_count(const CompactLayout& layout, const MaskKeySource& source, uint64_t threads) {
   const ScanLayout scan = scan_layout(chunk_count(layout));
   Scratch scratch;
   scratch.keep_bits.assign(scan.chunks, 0xdeadbeef);
   scratch.chunk_counts.assign(scan.chunks, -7);
   scratch.segment_sums.assign(scan.segments, -7);
   for (uint64_t t = 0; t < threads; ++t) {
-    count_chunks_thread(layout, key, scratch.keep_bits.data(), scratch.chunk_counts.data(), t, threads);
+    count_chunks_thread(layout, resolve_mask_key(source), scratch.keep_bits.data(),
+                        scratch.chunk_counts.data(), t, threads);
   }
   for (uint64_t t = 0; t < threads; ++t) {
     sum_segments_thread(scan, scratch.chunk_counts.data(), scratch.segment_sums.data(), t, threads);
@@ -82,9 +86,13 @@ void check_shard(Coverage& coverage, int64_t numel, uint64_t element_offset, con
     if (kept_k) expected_values.push_back(full[k]);
   }
 
+  // The state as a CUDA kernel would read it; the by-value source carries only the threshold.
+  const int64_t state[2] = {static_cast<int64_t>(key.seed), static_cast<int64_t>(key.offset)};
+  const MaskKeySource by_value{nullptr, key};
+  const MaskKeySource from_memory{state, MaskKey{0, 0, key.threshold}};
   const uint64_t thread_counts[] = {1, 7, 256, 5000};
   for (const uint64_t threads : thread_counts) {
-    Scratch scratch = simulate_count(layout, key, threads);
+    Scratch scratch = simulate_count(layout, threads % 2 == 0 ? by_value : from_memory, threads);
     CHECK(scratch.total == kept, "count: numel %lld offset %llu threads %llu: %lld != %lld",
           static_cast<long long>(numel), static_cast<unsigned long long>(element_offset),
           static_cast<unsigned long long>(threads), static_cast<long long>(scratch.total),
