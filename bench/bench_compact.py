@@ -14,10 +14,14 @@ Variants, each a fixed mask applied to one (1, l) parameter row as tinyBIG's hea
             a bool (n, D) tensor kept alive as a plain attribute (so not in the checkpoint: a
             reloaded model draws a different mask), applied as w.view(n, D) * mask
   full      tinybig_cuda.masking_reconciliation: l = n*D, the mask regenerated from a 16-byte state
-  compact   tinybig_cuda.masking_reconciliation(compact=True): l = K ~ p*n*D kept entries
+  compact   tinybig_cuda.masking_reconciliation(compact=True): l = K ~ p*n*D kept entries; its
+            rng_state stays on the CPU, so on CUDA a call checks w's count with no host sync
+  compact, state on GPU   (CUDA only) the same with rng_state moved to the GPU, as .to("cuda")
+            does: each call reads the 16-byte state back (one host sync)
 
 Memory is measured, not computed: parameter, gradient and Adam state bytes after one Adam step,
-the bytes of mask state the module keeps alive, and the size of torch.save(state_dict()).
+the bytes of mask state the module keeps alive (on CUDA, with the GPU memory the compact ops keep
+for the mask: tinybig_cuda.empty_compact_cache), and the size of torch.save(state_dict()).
 Times are medians of at least --repeats calls after a warm-up, timed as bench_masking.py times them.
 """
 
@@ -50,10 +54,20 @@ class OneRowHead(torch.nn.Module):
         return self.fabrication(w=self.w, n=self.n, D=self.D, device=self.device)
 
 
+GPU_STATE = "compact, state on GPU"
+
+
+def variants(device):
+    return ("tinyBIG", "full", "compact") + ((GPU_STATE,) if torch.device(device).type == "cuda" else ())
+
+
 def make_fabrication(variant, p, device):
     if variant == "tinyBIG":
         return tinybig_replica.masking_reconciliation(p=p, fixed_mask=True)
-    return tinybig_cuda.masking_reconciliation(p=p, compact=variant == "compact", device=device)
+    fabrication = tinybig_cuda.masking_reconciliation(p=p, compact=variant != "full", device=device)
+    if variant == GPU_STATE:
+        fabrication.rng_state = fabrication.rng_state.to(device)
+    return fabrication
 
 
 def tensor_bytes(tensors):
@@ -62,6 +76,8 @@ def tensor_bytes(tensors):
 
 def measure_memory(head):
     """(parameters, gradients, Adam state, mask state, checkpoint) bytes after one Adam step."""
+    if head.w.is_cuda:
+        tinybig_cuda.empty_compact_cache()  # so that what it holds after the step is this head's
     optimizer = torch.optim.Adam(head.parameters(), lr=1e-3, weight_decay=0.0)
     head().sum().backward()
     optimizer.step()
@@ -72,6 +88,10 @@ def measure_memory(head):
     # What the module keeps alive: tensor attributes (tinyBIG's mask_matrix is one; ours is made from
     # rng_state when read, so reading it would count a mask that is never kept) and buffers.
     mask = tensor_bytes(vars(fabrication).values()) + tensor_bytes(fabrication.buffers())
+    if head.w.is_cuda:  # and what the compact ops keep of the mask on the GPU (nothing for the others)
+        held = torch.cuda.memory_allocated(head.w.device)
+        tinybig_cuda.empty_compact_cache()
+        mask += held - torch.cuda.memory_allocated(head.w.device)
     buffer = io.BytesIO()
     torch.save(head.state_dict(), buffer)
     head.w.grad = None
@@ -155,7 +175,7 @@ def main(argv=None):
     )
     rows = []
     for p in args.p:
-        for variant in ("tinyBIG", "full", "compact"):
+        for variant in variants(device):
             torch.manual_seed(0)
             head = OneRowHead(make_fabrication(variant, p, args.device), n, n, dtype, args.device)
             parameters, gradients, adam, mask, checkpoint = measure_memory(head)
