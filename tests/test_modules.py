@@ -1,5 +1,6 @@
 """tinyBIG's module API: fabrication and masking_reconciliation on the fused op."""
 
+import numpy as np
 import pytest
 import torch
 
@@ -277,3 +278,16 @@ def test_to_moves_the_state_and_keeps_the_mask():
     module.to("cuda")
     assert module.rng_state.device.type == "cuda"
     assert_bitwise_equal(module(w=w.cuda(), n=N, D=D, device="cuda").cpu(), expected)
+
+
+@pytest.mark.parametrize("path", ["eager", "checked"])
+def test_a_first_call_under_inference_mode_leaves_a_trainable_state(path):
+    """The fixed state moved to w's device at the first call becomes the module's buffer: not an
+    inference tensor, which training could not save for backward nor reset_parameters write."""
+    module = masking_reconciliation(p=0.5)
+    n = 3 if path == "eager" else np.int64(3)  # a NumPy size takes the checked Python path
+    with torch.inference_mode():
+        module(n, 4, torch.empty(1, 12, device="meta"))
+    assert module.rng_state.device.type == "meta" and not module.rng_state.is_inference()
+    module(n, 4, torch.empty(1, 12, device="meta", requires_grad=True))
+    module.reset_parameters()

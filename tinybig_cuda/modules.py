@@ -100,12 +100,14 @@ class masking_reconciliation(fabrication):
             w's K values into the (n, D) matrix, zeros elsewhere. The parameters, their gradients,
             optimizer state and checkpoints then take about p times the memory. Requires
             ``fixed_mask=True``. `compress_parameters` and `expand_parameters` convert between
-            full (tinyBIG-style) and compact parameters. On CUDA, each call reads
-            ``rng_state`` back to check w's count (one host sync); a ``rng_state`` kept on the
-            CPU (``fab.rng_state = fab.rng_state.cpu()`` after ``.to()``) costs no sync.
+            full (tinyBIG-style) and compact parameters. A ``rng_state`` on the CPU stays there
+            (pinned at the first eager CUDA call), so that checking w's count on CUDA costs no
+            host sync; one moved to the GPU by ``.to()`` (as DataParallel and DDP with NCCL
+            need) is read back on each call: one host sync.
         *args, **kwargs: passed on to `fabrication` (``require_parameters``, ``enable_bias``,
             ``device``). As in tinyBIG, ``device`` is only recorded: construction touches no
-            device, and ``rng_state`` moves with ``.to()`` or to w's device at the first call.
+            device, and ``rng_state`` moves with ``.to()`` or to w's device at the first call
+            (with ``compact=True``, a CPU state stays on the CPU).
 
     Attributes:
         rng_state: the int64 ``[seed, offset]`` buffer the mask is a function of.
@@ -286,8 +288,7 @@ class masking_reconciliation(fabrication):
         """The fixed state on `device`, moved there for good at the first call on it."""
         state = self._buffers["rng_state"]
         if state.device != device:
-            state = state.to(device)
-            self._buffers["rng_state"] = state
+            state = self._buffers["rng_state"] = _as_buffer(lambda: state.to(device))
         return state
 
     def _compact_ops_state(self, device):
@@ -304,7 +305,7 @@ class masking_reconciliation(fabrication):
         state = self._buffers["rng_state"]
         if state.device.type == "cpu":
             if device.type == "cuda" and not _is_compiling() and not state.is_pinned():
-                state = self._buffers["rng_state"] = state.pin_memory()
+                state = self._buffers["rng_state"] = _as_buffer(state.pin_memory)
             return state
         state = self._state_on(device)
         if _is_compiling() or state.is_meta or (state.is_cuda and torch.cuda.is_current_stream_capturing()):
@@ -402,6 +403,16 @@ _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 # Bound once: forward asks both on every call. torch.compile still sees is_compiling for what it is.
 _is_compiling = torch.compiler.is_compiling
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
+
+
+def _as_buffer(make):
+    """make(), a tensor the module keeps as its rng_state buffer: made outside inference mode, so
+    that a first call under torch.inference_mode() does not leave an inference tensor that
+    training can not save for backward nor reset_parameters() write."""
+    if not torch.is_inference_mode_enabled():
+        return make()
+    with torch.inference_mode(False):
+        return make()
 
 
 def _caller_stacklevel():

@@ -1,6 +1,7 @@
 #include "ops/fabrication.h"
 
 #include <ATen/CPUGeneratorImpl.h>
+#include <c10/core/InferenceMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/randint.h>
@@ -30,12 +31,24 @@ at::Tensor draw_rng_state(const c10::Device& device) {
   return at::randint(lowest, highest, {2}, at::TensorOptions().dtype(at::kLong).device(device));
 }
 
+namespace {
+
+// The fixed state on w's device becomes the module's buffer: made outside inference mode, so that
+// a first call under torch.inference_mode() does not leave an inference tensor that training can
+// not save for backward nor reset_parameters() write.
+at::Tensor buffer_on(const at::Tensor& state, const c10::Device& device) {
+  const c10::InferenceMode outside_inference_mode(/*enabled=*/false);
+  return state.to(device);
+}
+
+}  // namespace
+
 std::tuple<at::Tensor, at::Tensor> masked_fabrication(const at::Tensor& w, int64_t n, int64_t D,
                                                       double p,
                                                       const std::optional<at::Tensor>& rng_state) {
   at::Tensor state = !rng_state ? draw_rng_state(w.device())
                      : rng_state->device() == w.device() ? *rng_state
-                                                          : rng_state->to(w.device());
+                                                          : buffer_on(*rng_state, w.device());
   at::Tensor matrix;
   if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) {
     // A torch.func transform is active: take every dispatch key the op has (vmap's included).
