@@ -200,6 +200,7 @@ def test_compact_graph_replays_read_a_pinned_cpu_state():
     with torch.cuda.graph(graph):
         expanded = tinybig_cuda.bernoulli_mask_expand(values, 0.6, state, full.shape)
     tinybig_cuda.empty_compact_cache()  # the graph owns what it replays on
+    assert tinybig_cuda.count_kept(full.numel(), 0.6, torch.tensor([11, -12])) != kept
     for new_state in ([9, 10], [11, -12]):
         state.copy_(torch.tensor(new_state))
         values.mul_(-2.0)

@@ -105,9 +105,11 @@ RankedMask ranked_mask(const char* op, int64_t numel, double p, const at::Tensor
   const MaskIdentity identity{source.key, element_offset, numel, stream.device_index()};
   std::optional<RankedMask> cached = ranked_mask_cache().find(identity);
   if (capturing) {
+    // (rng_state is the caller's tensor made contiguous: a strided one is a pageable copy here.)
     TORCH_CHECK_VALUE(rng_state.is_pinned(), op, ": expected rng_state on ", device_options.device(),
-                      " or in pinned CPU memory while a CUDA graph is captured (each replay reads its value), "
-                      "but got it in pageable CPU memory; rng_state.pin_memory() gives a pinned copy");
+                      ", or contiguous in pinned CPU memory, while a CUDA graph is captured (each replay ",
+                      "reads its value), but got a CPU tensor that is not; rng_state.contiguous().pin_memory() ",
+                      "is one");
     at::Tensor device_state = at::empty({2}, device_options.dtype(at::kLong));
     device_state.copy_(rng_state, /*non_blocking=*/true);  // a copy node: replays read the state
     const MaskKeySource from_device{device_state.const_data_ptr<int64_t>(), source.key};
