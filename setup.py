@@ -23,7 +23,9 @@ Environment switches (each one, when set, is printed):
 
 import os
 import platform
+import re
 import shutil
+import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -82,12 +84,31 @@ def decide_cuda_build(torch):
         missing.append(f"torch {torch.__version__} is a CPU-only build")
     elif CUDA_HOME is None or not (Path(CUDA_HOME) / "bin" / "nvcc").exists():
         missing.append(f"torch {torch.__version__} has CUDA {torch.version.cuda} but no toolkit (nvcc) was found")
+    else:
+        toolkit = nvcc_version(Path(CUDA_HOME) / "bin" / "nvcc")
+        # torch's extension builder refuses a toolkit of another major version than its own.
+        if toolkit is None or toolkit.split(".")[0] != torch.version.cuda.split(".")[0]:
+            missing.append(
+                f"torch {torch.__version__} was built with CUDA {torch.version.cuda}, and torch builds "
+                f"extensions only with a toolkit of that major version, but the one in {CUDA_HOME} is "
+                f"{toolkit or 'of unknown version'}"
+            )
     if request == "1" and missing:
         raise RuntimeError("TINYBIG_CUDA_BUILD=1 but the CUDA kernels cannot be built: " + "; ".join(missing))
     if missing:
         return False, "; ".join(missing)
     why = f"torch {torch.__version__} (CUDA {torch.version.cuda}) and nvcc in {CUDA_HOME}"
     return True, why + (" (TINYBIG_CUDA_BUILD=1)" if request == "1" else "")
+
+
+def nvcc_version(nvcc):
+    """The toolkit's "major.minor" from `nvcc --version` ("... release 12.1, V12.1.105"), or None."""
+    try:
+        output = subprocess.run([str(nvcc), "--version"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return None
+    found = re.search(r"release (\d+\.\d+)", output)
+    return found.group(1) if found else None
 
 
 OPENMP_PROBE = """

@@ -20,38 +20,17 @@ Only the docstrings and the trimmed base class (tinyBIG's ``fabrication`` is a `
 """
 
 import importlib.util
-import os
-import sys
-import types
 
 import torch
 
 
-def import_tinybig():
-    """The installed tinyBIG package, or None where it is not installed.
-
-    `import tinybig` runs tinybig/data/__init__.py, whose data loaders need torchvision and
-    torchtext (pinned to torch 2.2.2) and, in one file, Python 3.12 syntax; nothing of
-    masking_reconciliation needs them. A stand-in `tinybig.data` package whose __path__ is the real
-    folder is registered first, so the import skips those loaders while `tinybig.data.base_data`
-    (which tinyBIG's learners import) still loads."""
-    spec = importlib.util.find_spec("tinybig")
-    if spec is None:
-        return None
-    if "tinybig.data" not in sys.modules:
-        data = types.ModuleType("tinybig.data")
-        data.__path__ = [os.path.join(path, "data") for path in spec.submodule_search_locations]
-        sys.modules["tinybig.data"] = data
-    import tinybig
-
-    return tinybig
-
-
 def baseline():
     """(tinyBIG's masking_reconciliation class, a description of which one it is)."""
-    tinybig = import_tinybig()
-    if tinybig is None:
+    if importlib.util.find_spec("tinybig") is None:
         return masking_reconciliation, "the replica of tinyBIG 0.2.1 (bench/tinybig_replica.py; tinyBIG is not installed)"
+    import tinybig_cuda
+
+    tinybig = tinybig_cuda.import_tinybig()
     from tinybig.reconciliation.basic_reconciliation import masking_reconciliation as installed
 
     return installed, f"tinyBIG {tinybig.__version__}, installed"

@@ -4,6 +4,9 @@ and, where tinyBIG is installed, inside tinyBIG itself: its config mechanism, it
 checkpoints and patch_tinybig()."""
 
 import importlib
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -328,3 +331,24 @@ def test_module_call_after_a_torch_func_transform():
     assert_bitwise_equal(module(w=w, n=6, D=12), expected)
     batched = torch.func.vmap(lambda row: module(w=row, n=6, D=12))(w.expand(3, 72))
     assert_bitwise_equal(batched, expected.expand(3, 6, 12).contiguous())
+
+
+def test_import_tinybig_and_patch_in_a_fresh_process(tinybig, tmp_path):
+    # As a user runs it: a fresh interpreter outside the repository, nothing imported but
+    # tinybig_cuda. On a torch too new for tinyBIG's data loaders, tinyBIG comes without them and
+    # says so; in tinyBIG's own environment it is whole and says nothing.
+    script = (
+        "import warnings, tinybig_cuda\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    warnings.simplefilter('always')\n"
+        "    tinybig_cuda.patch_tinybig()\n"
+        "import tinybig\n"
+        "assert tinybig.reconciliation.masking_reconciliation is tinybig_cuda.masking_reconciliation\n"
+        "print(hasattr(tinybig.data, 'dataloader'), sum('data loaders' in str(w.message) for w in caught))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    whole, warned = result.stdout.split()
+    assert (whole, warned) in {("True", "0"), ("False", "1")}
+    if os.environ.get("TINYBIG_EXPECT_TINYBIG") == "whole":
+        assert whole == "True"

@@ -12,6 +12,7 @@
     cpu_output_cache_info, set_cpu_output_cache_limit, empty_cpu_output_cache
                                             the cache that reuses large CPU outputs' memory
     patch_tinybig()                         make tinyBIG build this package's masking_reconciliation
+    import_tinybig()                        import tinyBIG, also on a torch too new for its data loaders
     distributed.broadcast_rng_states        one mask state on every rank (FSDP2); DTensor support
 """
 
@@ -21,16 +22,19 @@ from . import _library  # first: checks the build against this torch and loads t
 from . import ops, reference
 from .modules import fabrication, masking_reconciliation
 from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_mask_expand, count_kept, empty_compact_cache
-from .drop_in import patch_tinybig
+from .drop_in import import_tinybig, patch_tinybig
 from .memory import cpu_output_cache_info, empty_cpu_output_cache, set_cpu_output_cache_limit
 from .ops import bernoulli_mask, bernoulli_mask_apply
 
-if "torch.distributed.tensor" in sys.modules:  # DTensor in use: register its rules now (else at first use)
+from . import _torch_compat
+
+# DTensor in use: register its rules now (else at first use, which on an older torch says which torch has them).
+if "torch.distributed.tensor" in sys.modules and _torch_compat.TORCH_VERSION >= _torch_compat.DTENSOR[0]:
     ops._register_dtensor_rules()
 
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask", "fabrication", "masking_reconciliation", "reference"]
 __all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress", "empty_compact_cache"]
-__all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache", "patch_tinybig"]
+__all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache", "import_tinybig", "patch_tinybig"]
 __version__ = "0.1.0"
 op_library_path = _library.OP_LIBRARY_PATH  # for torch.ops.load_library, AOTInductor runners and C++
 

@@ -21,6 +21,7 @@ import torch
 from . import ops  # noqa: F401  (loads the compiled library, or says why it cannot)
 from . import _C
 from . import _arguments as arguments
+from . import _torch_compat as compat
 
 __all__ = ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress", "empty_compact_cache"]
 
@@ -126,7 +127,7 @@ def empty_compact_cache() -> None:
 # The same checks as the kernels, in the same order (tinybig_cuda/_arguments.py).
 
 
-@torch.library.register_fake("tinybig_cuda::bernoulli_mask_count")
+@compat.register_fake("tinybig_cuda::bernoulli_mask_count")
 def _(numel, p, rng_state, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_count"
     torch._check_value(numel >= 0, lambda: f"{op}: expected numel >= 0, but got {numel}")
@@ -140,7 +141,7 @@ def _(numel, p, rng_state, element_offset=0):
     return torch.empty((), dtype=torch.int64, device=rng_state.device)
 
 
-@torch.library.register_fake("tinybig_cuda::bernoulli_mask_expand")
+@compat.register_fake("tinybig_cuda::bernoulli_mask_expand")
 def _(values, p, rng_state, shape, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_expand"
     arguments.check_maskable_dtype(op, "values", values)
@@ -160,7 +161,7 @@ def _(values, p, rng_state, shape, element_offset=0):
     return torch.empty(shape, dtype=values.dtype, device=values.device)
 
 
-@torch.library.register_fake("tinybig_cuda::bernoulli_mask_compress")
+@compat.register_fake("tinybig_cuda::bernoulli_mask_compress")
 def _(full, p, rng_state, kept_count, element_offset=0):
     op = "tinybig_cuda.bernoulli_mask_compress"
     arguments.check_maskable_dtype(op, "full", full)

@@ -16,6 +16,10 @@ import math
 
 import torch
 import torch.distributed as dist
+
+from . import _torch_compat as compat
+
+compat.require("DTensor support (tinybig_cuda.distributed)", compat.DTENSOR)
 from torch.distributed.tensor import DeviceMesh, DTensor, Partial, Replicate, Shard
 # Documented in its module; the public DTensor API has no other way to ask where a shard lies.
 from torch.distributed.tensor._utils import compute_local_shape_and_global_offset

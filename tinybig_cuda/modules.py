@@ -8,6 +8,7 @@ import torch
 
 from . import _C
 from . import _arguments as arguments
+from . import _torch_compat as compat
 from .compact import bernoulli_mask_compress, bernoulli_mask_expand, count_kept
 from .ops import bernoulli_mask, bernoulli_mask_apply
 
@@ -76,7 +77,7 @@ def _draw_rng_state(device):
     on the device itself (a CUDA state costs no host sync). Eager: two draws of the generator in C++
     (masked_fabrication draws the same way). Compiled: torch.randint, which the compiler
     traces into the graph and makes with its own generator."""
-    if torch.compiler.is_compiling():
+    if compat.is_compiling():
         return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
     return _C.draw_rng_state(torch.device(device))
 
@@ -130,7 +131,7 @@ class masking_reconciliation(fabrication):
         self._mask_matrix_of = None  # (n, D, device or None for rng_state's): what mask_matrix shows
         # Drawn on the CPU, so one torch.manual_seed gives one mask on every device. Under a meta
         # device (FSDP2's deferred init) nothing is drawn: to_empty() then reset_parameters() make it.
-        if torch.get_default_device().type == "meta":
+        if compat.default_device().type == "meta":
             state = torch.empty(2, dtype=torch.int64, device="meta")
         else:
             state = _draw_rng_state("cpu")
@@ -401,7 +402,7 @@ def _stack_rows(rows, w, row_length):
 
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 # Bound once: forward asks both on every call. torch.compile still sees is_compiling for what it is.
-_is_compiling = torch.compiler.is_compiling
+_is_compiling = compat.is_compiling
 _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 
 

@@ -7,6 +7,7 @@ from typing import Optional, Sequence
 import torch
 
 from . import _arguments as arguments
+from . import _torch_compat as compat
 
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask"]
 
@@ -47,7 +48,7 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     if not _dtensor_rules_registered and (type(w) not in _PLAIN_TENSOR_TYPES or type(rng_state) not in _PLAIN_TENSOR_TYPES):
         if _is_dtensor(w) or _is_dtensor(rng_state):
             _register_dtensor_rules()
-    if _is_dynamo_compiling() and not torch.compiler.is_exporting():
+    if _is_dynamo_compiling() and not compat.is_exporting():
         # p as data: torch.compile specialises an op's float argument (a graph per value), not a
         # tensor. After p changes once, torch.compile traces it as a symbolic float held in a
         # tensor, and this product (1.0 * p: exact) becomes that tensor: one graph for any p.
@@ -95,7 +96,7 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
 
 _mask_apply_op = torch.ops.tinybig_cuda.bernoulli_mask_apply.default
 # Bound once (each call asks): False in eager code, True while torch.compile traces it.
-_is_dynamo_compiling = torch.compiler.is_dynamo_compiling
+_is_dynamo_compiling = compat.is_dynamo_compiling
 _PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
 
 
@@ -116,7 +117,7 @@ def _register_dtensor_rules():
     _dtensor_rules_registered = True
 
 
-@torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply_p_tensor")
+@compat.register_fake("tinybig_cuda::bernoulli_mask_apply_p_tensor")
 def _(w, p, rng_state, element_offset=0, row_length=None):
     # p is data here: only the kernel can check its value.
     op = "tinybig_cuda.bernoulli_mask_apply"
@@ -130,7 +131,7 @@ def _(w, p, rng_state, element_offset=0, row_length=None):
     return torch.empty(w.shape, dtype=w.dtype, device=w.device)
 
 
-@torch.library.register_fake("tinybig_cuda::bernoulli_mask_apply")
+@compat.register_fake("tinybig_cuda::bernoulli_mask_apply")
 def _(w, p, rng_state, element_offset=0, row_length=None):
     # The same checks as the kernels (tinybig_cuda/_arguments.py): the fakes also run where no
     # real kernel would (a meta rng_state beside a CPU w dispatches here).
@@ -143,7 +144,7 @@ def _(w, p, rng_state, element_offset=0, row_length=None):
     return torch.empty(w.shape, dtype=w.dtype, device=w.device)
 
 
-@torch.library.register_fake("tinybig_cuda::bernoulli_mask")
+@compat.register_fake("tinybig_cuda::bernoulli_mask")
 def _(shape, p, rng_state, element_offset=0, row_length=None):
     op = "tinybig_cuda.bernoulli_mask"
     numel = arguments.fake_check_shape(op, shape)

@@ -15,6 +15,7 @@
 #include "ops/autograd.h"
 
 #include "ops/op_handles.h"
+#include "ops/torch_compat.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -188,7 +189,7 @@ at::Tensor mask_apply_with_history(const at::Tensor& w, double p, const at::Tens
     if (output_sizes) output = output.view_symint(*output_sizes);
   }
   if (torch::autograd::compute_requires_grad(w)) {
-    auto node = c10::make_intrusive<MaskApplyBackward>();
+    auto node = make_autograd_node<MaskApplyBackward>();
     node->set_next_edges(torch::autograd::collect_next_edges(w));
     node->rng_state = torch::autograd::SavedVariable(rng_state, /*is_output=*/false);
     node->p = p;

@@ -5,6 +5,8 @@
 #include <c10/core/CPUAllocator.h>
 #include <c10/core/impl/alloc_cpu.h>
 
+#include "ops/torch_compat.h"
+
 #include <iterator>
 #include <mutex>
 #include <unordered_map>
@@ -75,7 +77,7 @@ void free_block(const Block& block) {
 // on every step. Blocks are kept oldest first, and the oldest are freed when the limit is reached.
 // A handed-out DataPtr's context is its data address, as for torch's own CPU tensors
 // (copy-on-write clones need that); the cache finds the block's size from the address.
-class OutputCache final : public c10::Allocator {
+class OutputCache final : public AllocatorBase {
  public:
   OutputCache() {
 #if defined(__linux__)
@@ -92,7 +94,7 @@ class OutputCache final : public c10::Allocator {
     return *cache;
   }
 
-  c10::DataPtr allocate(size_t bytes) override {
+  c10::DataPtr allocate_memory(size_t bytes) override {
     if (bytes < static_cast<size_t>(kMinCachedOutputBytes)) {
       return c10::GetCPUAllocator()->allocate(bytes);
     }
@@ -106,10 +108,6 @@ class OutputCache final : public c10::Allocator {
       report_to_profiler(block, static_cast<int64_t>(rounded));
     }
     return {block.data, block.data, &give_back, c10::Device(c10::kCPU)};
-  }
-
-  void copy_data(void* dest, const void* src, std::size_t count) const override {
-    default_copy_data(dest, src, count);
   }
 
   OutputCacheInfo info() {

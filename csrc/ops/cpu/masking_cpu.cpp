@@ -80,7 +80,7 @@ void masked_copy_cpu(const at::Tensor& input, at::Tensor& output, double p,
   // a time; an output element's place in memory is its logical index.
   at::TensorIterator iter = at::TensorIteratorConfig()
                                 .add_output(output)
-                                .add_const_input(input)
+                                .add_input(input)
                                 .resize_outputs(false)
                                 .enforce_linear_iteration()
                                 .build();

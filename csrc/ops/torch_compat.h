@@ -1,0 +1,45 @@
+// The differences between the torch versions this package builds against (2.2 to the newest),
+// in one place, so that no kernel or registration carries a version test of its own. Each shim
+// asks torch's own types rather than its version number, so it stays right whichever release
+// changed the thing it bridges.
+#pragma once
+
+#include <c10/core/Allocator.h>
+#include <torch/csrc/autograd/edge.h>
+
+#include <cstring>
+
+#include <memory>
+#include <type_traits>
+#include <utility>
+
+namespace tinybig_cuda {
+
+// A new autograd node, held the way this torch holds nodes: std::shared_ptr up to the releases
+// whose Edge::function became a c10::intrusive_ptr (for them, Node derives from intrusive_ptr_target).
+template <typename NodeType>
+auto make_autograd_node() {
+  using NodePointer = decltype(torch::autograd::Edge::function);
+  if constexpr (std::is_same_v<NodePointer, std::shared_ptr<torch::autograd::Node>>) {
+    return std::make_shared<NodeType>();
+  } else {
+    return c10::make_intrusive<NodeType>();
+  }
+}
+
+// An allocator's base class for every torch: up to 2.2, c10::Allocator declares allocate() const
+// and has no copy_data; later releases declare allocate() non-const and copy_data pure virtual.
+// Both shapes are declared here (neither marked override: each torch overrides one of them) and
+// forwarded to allocate_memory.
+class AllocatorBase : public c10::Allocator {
+ public:
+  virtual c10::DataPtr allocate_memory(size_t bytes) = 0;
+
+  c10::DataPtr allocate(size_t bytes) { return allocate_memory(bytes); }
+  c10::DataPtr allocate(size_t bytes) const { return const_cast<AllocatorBase*>(this)->allocate_memory(bytes); }
+  void copy_data(void* destination, const void* source, std::size_t count) const {
+    std::memcpy(destination, source, count);
+  }
+};
+
+}  // namespace tinybig_cuda

@@ -1,0 +1,92 @@
+"""The sharding arithmetic of tinybig_cuda.distributed: every shard of a DTensor is masked as its
+window of the whole tensor. Run here for meshes of every rank in one process (the multi-process
+tests are in test_distributed.py)."""
+
+import itertools
+
+import pytest
+import torch
+
+import tinybig_cuda
+from tinybig_cuda import bernoulli_mask_apply
+
+from conftest import HAS_DTENSOR, assert_bitwise_equal, make_state
+
+if not HAS_DTENSOR:
+    pytest.skip(f"DTensor support needs torch 2.5 or newer; this is torch {torch.__version__}", allow_module_level=True)
+
+from torch.distributed.tensor import Partial, Replicate, Shard  # noqa: E402
+from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset  # noqa: E402
+
+from tinybig_cuda.distributed import _window  # noqa: E402
+
+STATE = (0x0123456789ABCDEF, -3)
+
+
+def _assemble(global_shape, mesh_shape, placements, make_local):
+    """Builds the global tensor from every mesh coordinate's local shard (Shard and Replicate only)."""
+    full = None
+    for coordinate in itertools.product(*(range(n) for n in mesh_shape)):
+        local_shape, offset = _compute_local_shape_and_global_offset(global_shape, mesh_shape, list(coordinate), placements)
+        local = make_local(tuple(local_shape), tuple(offset))
+        if full is None:
+            full = torch.zeros(global_shape, dtype=local.dtype)
+        full[tuple(slice(o, o + n) for o, n in zip(offset, local_shape))] = local
+    return full
+
+
+@pytest.mark.parametrize(
+    "global_shape, mesh_shape, placements",
+    [
+        ((7, 5), (2,), [Shard(0)]),
+        ((7, 5), (2,), [Shard(1)]),
+        ((7, 5), (3,), [Shard(1)]),
+        ((7, 5), (2, 2), [Shard(0), Shard(1)]),
+        ((7, 5), (2, 2), [Shard(1), Shard(0)]),
+        ((9, 13), (2, 3), [Shard(1), Shard(1)]),
+        ((9, 13), (2, 3), [Shard(0), Shard(0)]),
+        ((9, 13), (2, 3), [Replicate(), Shard(1)]),
+        ((3, 7, 5), (2,), [Shard(1)]),
+        ((1, 7, 5), (2, 2), [Shard(2), Shard(1)]),
+        ((4, 6, 10), (2, 2), [Shard(0), Shard(2)]),
+    ],
+)
+def test_every_shard_of_a_mesh_masks_its_part_of_the_whole(global_shape, mesh_shape, placements):
+    state = make_state(*STATE)
+    weight = torch.randn(global_shape)
+    whole = bernoulli_mask_apply(weight, 0.45, state)
+
+    def masked_shard(local_shape, offset):
+        rows, width, element_offset, row_length = _window("test", global_shape, local_shape, offset)
+        local = weight[tuple(slice(o, o + n) for o, n in zip(offset, local_shape))]
+        return bernoulli_mask_apply(local.reshape(rows, width), 0.45, state, element_offset, row_length).view(local_shape)
+
+    assert_bitwise_equal(_assemble(global_shape, mesh_shape, placements, masked_shard), whole)
+
+
+def test_a_shard_that_is_no_window_is_refused():
+    # Dimensions 1 and 2 of a 3-D tensor sharded (a mesh's [Shard(2), Shard(1)]): rows of
+    # (a, b) pairs, 5 apart within a block of b and 20 apart across blocks.
+    with pytest.raises(NotImplementedError, match="not a window of evenly spaced rows"):
+        _window("test", (3, 7, 5), (3, 4, 3), (0, 0, 0))
+    assert _window("test", (7, 5), (0, 5), (7, 0)) == (0, 1, 0, None)  # an empty shard
+
+
+def test_placements_that_are_no_box_are_refused():
+    from torch.distributed.tensor.placement_types import _StridedShard
+
+    from tinybig_cuda.distributed import _check_placements
+
+    _check_placements("op", "w", [Shard(0), Replicate(), Partial()])
+    with pytest.raises(NotImplementedError, match="expected w placed with Shard, Replicate or Partial"):
+        _check_placements("op", "w", [_StridedShard(0, split_factor=2)])
+
+
+def test_dtensor_support_is_registered_on_first_use_only(tmp_path):
+    # Importing torch.distributed.tensor costs about a second: tinybig_cuda does not, unasked.
+    import subprocess
+    import sys
+
+    code = "import sys, tinybig_cuda; print('torch.distributed.tensor' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=tmp_path).stdout.strip() == "False"
+    assert tinybig_cuda.distributed.broadcast_rng_states is not None
