@@ -40,6 +40,7 @@ def bernoulli_mask_count(numel: int, p: float, rng_state: torch.Tensor, element_
         ``p * numel``.
     """
     op = "tinybig_cuda.bernoulli_mask_count"
+    arguments.rng_state(op, rng_state)
     numel = arguments.integer(op, "numel", numel)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
@@ -78,6 +79,7 @@ def bernoulli_mask_expand(
         A new contiguous tensor of `shape` and `values`' dtype.
     """
     op = "tinybig_cuda.bernoulli_mask_expand"
+    arguments.rng_state(op, rng_state)
     shape = arguments.shape(op, shape)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
@@ -105,6 +107,7 @@ def bernoulli_mask_compress(
         A new contiguous 1-D tensor of `kept_count` elements, `full`'s dtype.
     """
     op = "tinybig_cuda.bernoulli_mask_compress"
+    arguments.rng_state(op, rng_state)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if kept_count is None:
