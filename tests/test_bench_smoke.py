@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the benchmarks' sweeps
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_masking.py"
 N = 64
 

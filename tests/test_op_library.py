@@ -95,6 +95,7 @@ class MaskedLinear(torch.nn.Module):
         return x @ tinybig_cuda.bernoulli_mask_apply(self.weight, 0.5, self.rng_state).T
 
 
+@pytest.mark.slow  # compiles an AOTInductor package
 def test_aotinductor_package_runs_in_a_process_that_loaded_only_the_library(tmp_path):
     torch.manual_seed(0)
     model, x = MaskedLinear().eval(), torch.randn(4, 16)
@@ -114,6 +115,7 @@ def test_aotinductor_package_runs_in_a_process_that_loaded_only_the_library(tmp_
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
 
 
+@pytest.mark.slow  # compiles a C++ program
 @pytest.mark.skipif(not sys.platform.startswith("linux"), reason="compiles with g++ and loads with dlopen")
 def test_cpp_program_without_python_loads_the_library_and_runs_the_op(tmp_path):
     from torch.utils import cpp_extension

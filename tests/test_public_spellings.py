@@ -34,6 +34,7 @@ def test_the_documents_spell_public_names():
         assert name in spellings
 
 
+@pytest.mark.slow  # a fresh interpreter per name
 @pytest.mark.parametrize("spelling", documented_spellings())
 def test_documented_spelling_resolves_after_import_tinybig(spelling, tmp_path):
     attributes = spelling.split(".")[1:]
