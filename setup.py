@@ -49,14 +49,27 @@ def import_build_torch():
     try:
         import torch
     except ImportError:
+        if isolated_build():
+            sys.exit(
+                "tinybig_cuda: this build runs in an isolated environment (pip's default), which does not see "
+                "the torch installed where the package will run. The extension must be compiled against that "
+                "torch, so torch is not a build requirement (an isolated build would compile against another "
+                "torch, whose ops then fail to load). Build without isolation:\n"
+                "    pip install --no-build-isolation ."
+            )
         sys.exit(
-            "tinybig_cuda: torch is not importable by this build. The extension must be compiled "
-            "against the torch it will run with, so it is not a build requirement (an isolated "
-            "build would fetch and compile against another torch, whose ops then fail to load). "
-            "Install torch first, then build without isolation:\n"
+            f"tinybig_cuda: torch is not installed for {sys.executable}, which runs this build. The extension "
+            "is compiled against the installed torch: install torch first, then build without isolation:\n"
             "    pip install torch && pip install --no-build-isolation ."
         )
     return torch
+
+
+def isolated_build():
+    """Whether a build frontend runs this script in a throwaway environment: pip puts its own
+    sitecustomize in a pip-build-env-* folder on PYTHONPATH; pypa/build makes a build-env-* venv."""
+    places = [*os.environ.get("PYTHONPATH", "").split(os.pathsep), sys.prefix]
+    return any("build-env-" in Path(place).as_posix() for place in places if place)
 
 
 def locate_cuda_home():
@@ -281,6 +294,8 @@ if __name__ == "__main__":
     log(f"MAX_JOBS={os.environ.get('MAX_JOBS', '(unset: ninja picks)')}")
     extensions, build_facts = make_extensions(build_torch)
     write_build_info(build_facts)
+    log(f"compiling {sum(len(extension.sources) for extension in extensions)} source files: a few minutes on a "
+        "small machine (more with the CUDA kernels); pip shows the compiler's progress with -v")
     setup(
         packages=find_packages(include=["tinybig_cuda", "tinybig_cuda.*"]),
         ext_modules=extensions,

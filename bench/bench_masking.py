@@ -1,16 +1,18 @@
 """Benchmarks tinybig_cuda's fused Bernoulli masking against tinyBIG's own and PyTorch's ways.
 
-    python bench/bench_masking.py                  # default sweep (< 2 min on a 2-core CPU)
-    python bench/bench_masking.py --quick          # 2 sizes, 3 repeats, for development
-    python bench/bench_masking.py --full           # 256² to 8192², float32, float16 and bfloat16
+    python bench/bench_masking.py                  # 1024² and 4096², the ratios (about a minute on 2 cores)
+    python bench/bench_masking.py --check          # the same, each ratio against its target; exit 1 if one is missed
+    python bench/bench_masking.py --quick          # smaller sizes, 3 repeats, for development
+    python bench/bench_masking.py --full           # 256² to 8192², float32, float16 and bfloat16 (several minutes)
     python bench/bench_masking.py --sizes 4096 8192 --dtypes float32 bfloat16 --impls ours_fixed copy
 
 The op is memory-bound: the best it can do is move the bytes of one copy. So every time is also
 given as effective GB/s (the bytes a one-pass kernel must move: w read and the output written,
 twice that for forward+backward) and as a percentage of the copy floor measured in the same run.
-Times are medians of several samples after warm-up; CUDA is timed with events. A "targets" block
-then checks the project's performance targets at 4096² float32 (reported, never enforced), each
-a ratio measured over interleaved samples of its two cases, so machine noise hits both alike.
+Times are medians of several samples after warm-up; CUDA is timed with events. A "ratios" block
+then compares the cases that matter at 4096² float32, each ratio measured over interleaved samples
+of its two cases, so machine noise hits both alike; --check also states each ratio's target and
+whether it was met, and exits with status 1 when one was not.
 
 Implementations (--impls):
   ours_fixed        tinybig_cuda.masking_reconciliation(fixed_mask=True), called as tinyBIG's heads do
@@ -30,7 +32,7 @@ times ours against tinyBIG there on 1 thread, fixed and fresh masks, forward and
 each ratio again over interleaved sample pairs (--per-call-sizes, --no-per-call).
 
 Output: markdown tables on stdout (progress goes to stderr), a JSON file, and a log-log plot when
-matplotlib is installed (`pip install tinybig_cuda[bench]`).
+matplotlib is installed (`pip install matplotlib`).
 """
 
 import argparse
@@ -287,10 +289,14 @@ def evaluate_layouts(n, device, args, progress):
     return rows
 
 
-def markdown_layouts(rows, n):
-    lines = [f"**gradient layouts at {n}² float32**: masking each layout / masking a contiguous tensor (paired ratio; "
-             "the target is within 20%)", "", "| layout | time / contiguous | pairs | within 20% |", "|:---|---:|---:|:---|"]
-    lines += [f"| {r['layout']} | {r['ratio']:.2f}× | {r['pairs']} | {'yes' if r['within_20_percent'] else 'no'} |" for r in rows]
+def markdown_layouts(rows, n, check=False):
+    lines = [f"**gradient layouts at {n}² float32**: masking each layout / masking a contiguous tensor (paired ratio"
+             + ("; the target is within 20%)" if check else ")"), "",
+             "| layout | time / contiguous | pairs |" + (" within 20% |" if check else ""),
+             "|:---|---:|---:|" + (":---|" if check else "")]
+    for r in rows:
+        verdict = f" {'yes' if r['within_20_percent'] else 'no'} |" if check else ""
+        lines.append(f"| {r['layout']} | {r['ratio']:.2f}× | {r['pairs']} |{verdict}")
     return "\n".join(lines)
 
 
@@ -377,7 +383,7 @@ def evaluate_targets(n, device, args, progress):
                        case("ours_fixed"), case("ours_fixed", dtype=half), 1.0, True))
     targets = []
     for name, numerator, denominator, target, higher in wanted:
-        progress(f"targets: {name}")
+        progress(f"ratios: {name}")
         ratio, pairs, _ = paired_ratio(numerator, denominator, n, device, args)
         targets.append({"name": name, "ratio": ratio, "pairs": pairs, "target": target, "higher_is_better": higher,
                         "met": ratio >= target if higher else ratio <= target})
@@ -385,18 +391,19 @@ def evaluate_targets(n, device, args, progress):
         if target["name"] == TWO_THREADS_TARGET:
             # With 2 threads the op is memory-bound: it can be no faster than a 2-thread copy, so
             # this bounds what the second thread can gain on this machine.
-            progress("targets: the 2-thread ceiling (ours on 1 thread / copy on 2)")
+            progress("ratios: the 2-thread ceiling (ours on 1 thread / copy on 2)")
             target["ceiling"], _, _ = paired_ratio(case("ours_fixed", threads=1), case("copy", threads=2), n, device, args)
     return targets
 
 
-def markdown_targets(targets, n):
-    lines = [f"**targets at {n}² float32** (each the median ratio over interleaved sample pairs of its two cases)", "",
-             "| ratio | measured | pairs | target | |", "|:---|---:|---:|---:|:---|"]
+def markdown_targets(targets, n, check=False):
+    lines = [f"**ratios at {n}² float32** (each the median ratio over interleaved sample pairs of its two cases)", "",
+             "| ratio | measured | pairs |" + (" target | |" if check else ""),
+             "|:---|---:|---:|" + ("---:|:---|" if check else "")]
     for t in targets:
         bound = "≥" if t["higher_is_better"] else "≤"
-        lines.append(f"| {t['name']} | {t['ratio']:.2f}× | {t['pairs']} | {bound} {t['target']:g}× | "
-                     f"{'met' if t['met'] else 'not met'} |")
+        verdict = f" {bound} {t['target']:g}× | {'met' if t['met'] else 'not met'} |" if check else ""
+        lines.append(f"| {t['name']} | {t['ratio']:.2f}× | {t['pairs']} |{verdict}")
     for t in targets:
         if "ceiling" in t:
             lines += ["", f"The 2-thread ratio's ceiling here is {t['ceiling']:.2f}×: ours on 1 thread over a copy on 2 "
@@ -421,16 +428,18 @@ def evaluate_per_call(device, args, progress):
     return rows
 
 
-def markdown_per_call(rows):
+def markdown_per_call(rows, check=False):
+    targets = (f"; targets: ≥ {PER_CALL_TARGETS['fwd']:g}× forward and ≥ {PER_CALL_TARGETS['fwd+bwd']:g}× forward+backward at "
+               f"{TINYBIG_SIZES[0][0]}×{TINYBIG_SIZES[0][1]} and {TINYBIG_SIZES[1][0]}×{TINYBIG_SIZES[1][1]}, ≥ 1× elsewhere")
     lines = [f"**per call at tinyBIG's sizes** (1 thread, float32, w a (1, n·D) parameter, tinyBIG's keyword call; "
-             f"tinyBIG = {TINYBIG_SOURCE}; speed-up = tinyBIG time / ours, the median over interleaved sample pairs; "
-             f"targets: ≥ {PER_CALL_TARGETS['fwd']:g}× forward and ≥ {PER_CALL_TARGETS['fwd+bwd']:g}× forward+backward at "
-             f"{TINYBIG_SIZES[0][0]}×{TINYBIG_SIZES[0][1]} and {TINYBIG_SIZES[1][0]}×{TINYBIG_SIZES[1][1]}, ≥ 1× elsewhere)", "",
-             "| n×D | mask | mode | tinyBIG µs | ours µs | speed-up | pairs | target | |",
-             "|:---|:---|:---|---:|---:|---:|---:|---:|:---|"]
+             f"tinyBIG = {TINYBIG_SOURCE}; speed-up = tinyBIG time / ours, the median over interleaved sample pairs"
+             f"{targets if check else ''})", "",
+             "| n×D | mask | mode | tinyBIG µs | ours µs | speed-up | pairs |" + (" target | |" if check else ""),
+             "|:---|:---|:---|---:|---:|---:|---:|" + ("---:|:---|" if check else "")]
     for r in rows:
+        verdict = f" ≥ {r['target']:g}× | {'met' if r['met'] else 'not met'} |" if check else ""
         lines.append(f"| {r['n']}×{r['D']} | {r['mask']} | {r['mode']} | {r['tinybig_us']:.1f} | {r['ours_us']:.1f} | "
-                     f"{r['ratio']:.2f}× | {r['pairs']} | ≥ {r['target']:g}× | {'met' if r['met'] else 'not met'} |")
+                     f"{r['ratio']:.2f}× | {r['pairs']} |{verdict}")
     return "\n".join(lines)
 
 
@@ -471,35 +480,39 @@ def draw_plot(rows, path, title):
 def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__.split("\n\n", 1)[1])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024, 2048, 4096], help="n, for n×n matrices")
+    parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 4096], help="n, for n×n matrices")
     parser.add_argument("--dtypes", nargs="+", choices=list(DTYPES), default=["float32"])
     parser.add_argument("--impls", nargs="+", choices=IMPLEMENTATIONS, default=IMPLEMENTATIONS)
     parser.add_argument("--modes", nargs="+", choices=MODES, default=MODES)
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case at least; the median is reported")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls before timing (compiles torch.compile)")
-    parser.add_argument("--warmup-seconds", type=float, default=0.3, help="and untimed calls for at least this long")
+    parser.add_argument("--warmup-seconds", type=float, default=0.2, help="and untimed calls for at least this long")
     parser.add_argument("--budget-seconds", type=float, default=0.1,
                         help="time more calls than --repeats while they fit in this (small sizes)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads for the sweep")
-    parser.add_argument("--target-size", type=int, default=4096, help="n at which the targets are checked")
-    parser.add_argument("--target-seconds", type=float, default=2.0,
-                        help="interleave sample pairs of each target's two cases for this long (at least --repeats pairs)")
-    parser.add_argument("--no-targets", action="store_true", help="skip the targets block")
+    parser.add_argument("--target-size", type=int, default=4096, help="n at which the ratios are measured")
+    parser.add_argument("--target-seconds", type=float, default=1.0,
+                        help="interleave sample pairs of each ratio's two cases for this long (at least --repeats pairs)")
+    parser.add_argument("--no-targets", action="store_true", help="skip the ratios block (and the gradient layouts)")
+    parser.add_argument("--check", action="store_true",
+                        help="state each ratio's target and whether it was met; exit with status 1 if one was not")
     parser.add_argument("--per-call-sizes", type=lambda text: tuple(int(x) for x in text.split("x")), nargs="+",
                         default=TINYBIG_SIZES, metavar="NxD", help="(n, D) sizes of the per-call block, e.g. 6x12 10x256")
-    parser.add_argument("--per-call-seconds", type=float, default=1.0, help="interleave each per-call pair for this long")
+    parser.add_argument("--per-call-seconds", type=float, default=0.4, help="interleave each per-call pair for this long")
     parser.add_argument("--no-per-call", action="store_true", help="skip the per-call block at tinyBIG's sizes")
     parser.add_argument("--json", type=Path, default=RESULTS_DIR / "bench_masking.json")
     parser.add_argument("--plot", type=Path, default=RESULTS_DIR / "bench_masking.png")
     parser.add_argument("--no-plot", action="store_true")
     parser.add_argument("--no-output-cache", action="store_true",
                         help="turn off tinybig_cuda's CPU output cache: every large output then gets fresh memory")
-    parser.add_argument("--quick", action="store_true", help="sizes 256 1024, 3 repeats, targets at 1024²")
-    parser.add_argument("--full", action="store_true", help="sizes 256 to 8192, float32, float16 and bfloat16")
+    parser.add_argument("--quick", action="store_true", help="sizes 256 1024, 3 repeats, ratios at 1024²")
+    parser.add_argument("--full", action="store_true",
+                        help="sizes 256 to 8192, float32, float16 and bfloat16, each ratio paired for 2 s")
     args = parser.parse_args(argv)
     if args.full:
         args.sizes, args.dtypes = [256, 512, 1024, 2048, 4096, 8192], ["float32", "float16", "bfloat16"]
+        args.target_seconds, args.per_call_seconds = 2.0, 1.0
     if args.quick:
         args.sizes, args.repeats, args.target_size = [256, 1024], 3, 1024
         args.per_call_sizes = TINYBIG_SIZES[:2]
@@ -611,17 +624,20 @@ def run_sweep(args):
               "so times (above all with several threads) are noisy.\n")
     print(markdown_tables(rows))
     if targets:
-        print(markdown_targets(targets, args.target_size))
+        print(markdown_targets(targets, args.target_size, args.check))
         print()
-        print(markdown_layouts(layouts, args.target_size))
+        print(markdown_layouts(layouts, args.target_size, args.check))
     elif not args.no_targets:
-        print(f"(targets skipped: they need {args.target_size} in --sizes and ours on {device})")
+        print(f"(ratios skipped: they need {args.target_size} in --sizes and ours on {device})")
     if per_call:
         print()
-        print(markdown_per_call(per_call))
+        print(markdown_per_call(per_call, args.check))
+    missed = [t["name"] for t in targets if not t["met"]] + [r["layout"] for r in layouts if not r["within_20_percent"]]
+    missed += [f"per call {r['n']}×{r['D']} {r['mask']} {r['mode']}" for r in per_call if not r["met"]]
 
     results = {"environment": env, "arguments": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
-               "rows": rows, "targets": targets, "layouts": layouts, "per_call": per_call, "tinybig": TINYBIG_SOURCE, "seconds": time.perf_counter() - started}
+               "rows": rows, "targets": targets, "layouts": layouts, "per_call": per_call, "tinybig": TINYBIG_SOURCE,
+               "missed_targets": missed, "seconds": time.perf_counter() - started}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(results, indent=1))
     progress(f"wrote {args.json}")
@@ -630,8 +646,11 @@ def run_sweep(args):
             progress(f"wrote {args.plot}")
         else:
             progress("no plot: matplotlib is not installed (pip install matplotlib)")
+    if args.check:
+        progress(f"--check: {len(missed)} target(s) missed" + (": " + "; ".join(missed) if missed else ""))
     return results
 
 
 if __name__ == "__main__":
-    main()
+    results = main()
+    sys.exit(1 if results["arguments"]["check"] and results["missed_targets"] else 0)

@@ -8,8 +8,13 @@ import importlib.util
 import math
 import os
 import re
+<<<<<<< HEAD
 import sys
 import warnings
+=======
+import subprocess
+import sys
+>>>>>>> issue-21
 from pathlib import Path
 
 import pytest
@@ -249,3 +254,14 @@ def error_pattern(argument, expected, got):
     """A regex for pytest.raises(match=...) that needs the message to name `argument`, and to
     contain the `expected` and `got` regexes, in any order."""
     return rf"(?s)^(?=.*\b{argument}\b)(?=.*expected)(?=.*{expected})(?=.*got)(?=.*{got})"
+
+
+def run_fresh_python(code, cwd, timeout=300, args=()):
+    """Runs `code` in a fresh interpreter whose working directory is `cwd` (outside the repository:
+    the source tree, which has no compiled extension, must not shadow the installed package), as a
+    user who pastes it would. Fails the calling test with the interpreter's output if it fails."""
+    result = subprocess.run([sys.executable, *args, "-c", code], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    if result.returncode != 0:
+        pytest.fail(f"exit status {result.returncode}\n--- code ---\n{code}\n--- stdout ---\n{result.stdout}\n"
+                    f"--- stderr ---\n{result.stderr[-6000:]}", pytrace=False)
+    return result.stdout

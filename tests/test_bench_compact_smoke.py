@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the benchmark's sweep
+
 BENCH_DIR = Path(__file__).resolve().parents[1] / "bench"
 
 

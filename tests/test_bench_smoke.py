@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # runs the benchmarks' sweeps
+
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_masking.py"
 N = 64
 
@@ -88,6 +90,17 @@ def test_targets_are_reported_not_enforced(results):
     for target in targets:
         assert {"name", "ratio", "pairs", "target", "higher_is_better", "met"} <= target.keys()
         assert target["ratio"] > 0 and target["pairs"] >= 1 and isinstance(target["met"], bool)
+
+
+def test_ratios_are_printed_without_verdicts_unless_checked(bench, results):
+    returned = results[0]
+    targets, layouts, per_call = returned["targets"], returned["layouts"], returned["per_call"]
+    for check in (False, True):
+        printed = "\n".join([bench.markdown_targets(targets, N, check), bench.markdown_layouts(layouts, N, check),
+                              bench.markdown_per_call(per_call, check)])
+        assert ("met |" in printed) == check and ("target" in printed) == check, printed
+    missed = [t["name"] for t in targets if not t["met"]] + [r["layout"] for r in layouts if not r["within_20_percent"]]
+    assert returned["missed_targets"][:len(missed)] == missed
 
 
 def test_plot_is_drawn_when_matplotlib_is_installed(results):

@@ -51,6 +51,7 @@ def _kept(shape, p, state, element_offset=0):
 # ---------------------------------------------------------------- count
 
 
+@pytest.mark.slow  # 84 cases against the reference's Philox in PyTorch
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("p", PROBABILITIES + [1e-9, 0.999999])
 @pytest.mark.parametrize("numel", [0, 1, 5, 64, 4099, 2**16 + 1, 300 * 301])
@@ -77,6 +78,7 @@ def test_count_of_a_large_matrix_is_near_p_times_numel():
 # ---------------------------------------------------------------- expand and compress
 
 
+@pytest.mark.slow  # 192 cases with the reference's Philox in PyTorch
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
@@ -631,6 +633,7 @@ def test_empty_compact_cache_forgets_the_counted_masks():
     assert tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, kept).shape == (kept,)
 
 
+@pytest.mark.slow  # 12 masks of 2**18 elements against the reference's Philox in PyTorch
 def test_remembered_ranks_are_keyed_on_every_input_of_the_mask():
     """The CPU ops remember each mask's per-chunk ranks: every input that changes the mask must
     give its own (checked against the reference after the cache holds the others)."""

@@ -82,6 +82,7 @@ def test_placements_that_are_no_box_are_refused():
         _check_placements("op", "w", [_StridedShard(0, split_factor=2)])
 
 
+@pytest.mark.slow  # fresh interpreters that import DTensor
 def test_dtensor_support_is_registered_on_first_use_only(tmp_path):
     # Importing torch.distributed.tensor costs about a second: tinybig_cuda does not, unasked.
     import subprocess

@@ -102,13 +102,19 @@ def test_bernoulli_mask_rejects_bad_rng_state(device, case):
     snapshot.assert_unchanged()
 
 
-def test_op_rejects_rng_state_that_is_not_a_tensor():
+@pytest.mark.parametrize("bad", [[1, 2], 7, (1, 2), None], ids=["list", "int", "tuple", "None"])
+def test_every_entry_point_names_an_rng_state_that_is_not_a_tensor(bad):
+    """Not the dispatcher's "Unable to cast [1, 2] to Tensor": a TypeError that names rng_state."""
     w = torch.randn(3)
     snapshot = Snapshot(w)
-    # The dispatcher's own message: "Expected a value of type 'Tensor' for argument 'rng_state' but
-    # instead found type 'list'".
-    pattern = r"(?s)^(?=.*\brng_state\b)(?=.*[Ee]xpected.*Tensor)(?=.*(got|found).*list)"
-    with pytest.raises((TypeError, RuntimeError), match=pattern):
+    calls = _functional_calls(bad)
+    calls["count_kept"] = lambda: tinybig_cuda.count_kept(12, 0.5, bad)
+    for op, call in calls.items():
+        name = "bernoulli_mask_count" if op == "count_kept" else op
+        expected = f"tinybig_cuda.{name}: expected rng_state to be an int64 tensor [seed, offset], but got {type(bad).__name__}"
+        with pytest.raises(TypeError, match=f"^{re.escape(expected)}$"):
+            call()
+    with pytest.raises(TypeError, match=error_pattern("rng_state", "int64 tensor", "list")):
         tinybig_cuda.bernoulli_mask_apply(w, 0.5, [1, 2])
     snapshot.assert_unchanged()
 

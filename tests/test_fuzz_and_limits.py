@@ -18,6 +18,8 @@ from tinybig_cuda import bernoulli_mask, bernoulli_mask_apply, reference
 
 from conftest import DTYPES, as_bits, assert_bitwise_equal, random_bits
 
+pytestmark = pytest.mark.slow  # tensors past 2**31 elements and hypothesis searches
+
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 FUZZ = settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])

@@ -138,6 +138,7 @@ def test_different_states_give_different_masks(device):
     )
 
 
+@pytest.mark.slow  # large tensors on every thread count
 @pytest.mark.parametrize("num_threads", [1, 2])
 def test_thread_count_does_not_change_bits(num_threads, dtype, restore_num_threads):
     """Enough elements that the CPU kernel splits the work across threads (tasks of 2**15)."""

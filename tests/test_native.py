@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # builds the C++ tests with CMake (and for aarch64)
+
 REPO = Path(__file__).resolve().parents[1]
 
 

@@ -59,6 +59,7 @@ def test_freed_output_is_reused_and_fully_overwritten():
     assert_bitwise_equal(second, reference.bernoulli_mask_apply(w, 0.5, state))
 
 
+@pytest.mark.slow  # many 8 MiB-and-larger outputs
 def test_a_live_output_is_never_handed_out_twice():
     outputs = [masked(SMALL_BLOCK, seed) for seed in range(3)]
     assert len({out.data_ptr() for out in outputs}) == 3
@@ -66,6 +67,7 @@ def test_a_live_output_is_never_handed_out_twice():
         assert_bitwise_equal(out, reference.bernoulli_mask_apply(torch.ones(SMALL_BLOCK), 0.5, make_state(seed, 0)))
 
 
+@pytest.mark.slow  # many 8 MiB-and-larger outputs
 def test_every_cpu_op_output_is_cached_and_exact():
     """Each op, run again on its freed output filled with garbage, gives the bits of the
     reference. (Fresh memory from the OS is zeros, so only a reused block shows a kernel that
@@ -157,6 +159,7 @@ def test_cached_output_can_be_resized():
     assert out[SMALL_BLOCK[0]:].eq(1.0).all()
 
 
+@pytest.mark.slow  # many 8 MiB-and-larger outputs
 def test_gradients_through_cached_outputs_are_exact():
     w = torch.randn(SMALL_BLOCK, requires_grad=True)
     state = make_state(5, 0)
@@ -168,6 +171,7 @@ def test_gradients_through_cached_outputs_are_exact():
     assert info()["hits"] == hits + 4  # the first forward and backward take new memory, the rest reuse it
 
 
+@pytest.mark.slow  # many 8 MiB-and-larger outputs
 def test_threads_sharing_the_cache_get_exact_results():
     ones = torch.ones(SMALL_BLOCK)
     expected = {seed: reference.bernoulli_mask_apply(ones, 0.5, make_state(seed, 0)) for seed in range(4)}

@@ -162,6 +162,7 @@ def test_opcheck_with_element_offset():
     torch.library.opcheck(torch.ops.tinybig_cuda.bernoulli_mask.default, ([5, 6], 0.5, torch.tensor([3, 4]), 2**40 + 3))
 
 
+@pytest.mark.slow  # starts gloo processes
 def test_distributed_example_two_gloo_ranks_match_one_process():
     # examples/sharded_masking.py: 2 processes, gloo, uneven row shards; it checks values and
     # gradients bit for bit on rank 0 and exits non-zero on any mismatch.

@@ -42,6 +42,5 @@ op_library_path = _library.OP_LIBRARY_PATH  # for torch.ops.load_library, AOTInd
 def __getattr__(name):
     # tinybig_cuda.distributed on first use: it imports torch.distributed.tensor (about a second).
     if name == "distributed":
-        ops._register_dtensor_rules()
-        return sys.modules[f"{__name__}.distributed"]
+        return ops._register_dtensor_rules()
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -72,6 +72,13 @@ def shape(op, value):
     return [integer(op, "shape", size) for size in value]
 
 
+def rng_state(op, value):
+    """A TypeError unless value is a tensor (the dispatcher's own is "Unable to cast [1, 2] to
+    Tensor"); its dtype, shape and device are the kernels' to check."""
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"{op}: expected rng_state to be an int64 tensor [seed, offset], but got {type(value).__name__}")
+
+
 # ---------------------------------------------------------------- the fake kernels' checks
 
 

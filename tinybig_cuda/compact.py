@@ -41,6 +41,7 @@ def bernoulli_mask_count(numel: int, p: float, rng_state: torch.Tensor, element_
         ``p * numel``.
     """
     op = "tinybig_cuda.bernoulli_mask_count"
+    arguments.rng_state(op, rng_state)
     numel = arguments.integer(op, "numel", numel)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
@@ -79,6 +80,7 @@ def bernoulli_mask_expand(
         A new contiguous tensor of `shape` and `values`' dtype.
     """
     op = "tinybig_cuda.bernoulli_mask_expand"
+    arguments.rng_state(op, rng_state)
     shape = arguments.shape(op, shape)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
@@ -106,6 +108,7 @@ def bernoulli_mask_compress(
         A new contiguous 1-D tensor of `kept_count` elements, `full`'s dtype.
     """
     op = "tinybig_cuda.bernoulli_mask_compress"
+    arguments.rng_state(op, rng_state)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if kept_count is None:

@@ -2,6 +2,7 @@
 
 The ops' autograd is registered in C++ (csrc/ops/autograd.cpp)."""
 
+import importlib
 from typing import Optional, Sequence
 
 import torch
@@ -41,6 +42,7 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
         A new contiguous tensor of `w`'s shape and dtype.
     """
     op = "tinybig_cuda.bernoulli_mask_apply"
+    arguments.rng_state(op, rng_state)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if row_length is not None:
@@ -82,15 +84,14 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
     """
     op = "tinybig_cuda.bernoulli_mask"
     shape = arguments.shape(op, shape)
+    arguments.rng_state(op, rng_state)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if row_length is not None:
         row_length = arguments.integer(op, "row_length", row_length)
     if device_mesh is not None or placements is not None or _is_dtensor(rng_state):
-        _register_dtensor_rules()
-        from .distributed import sharded_bernoulli_mask
-
-        return sharded_bernoulli_mask(shape, p, rng_state, element_offset, row_length, device_mesh, placements)
+        distributed = _register_dtensor_rules()
+        return distributed.sharded_bernoulli_mask(shape, p, rng_state, element_offset, row_length, device_mesh, placements)
     return torch.ops.tinybig_cuda.bernoulli_mask.default(shape, p, rng_state, element_offset, row_length)
 
 
@@ -109,12 +110,15 @@ _dtensor_rules_registered = False
 
 
 def _register_dtensor_rules():
-    """Imports tinybig_cuda.distributed, which registers how the ops treat a DTensor: at the first
-    DTensor the entry points see, or at import if DTensor is already loaded (tinybig_cuda/__init__.py)."""
+    """Imports and returns tinybig_cuda.distributed, which registers how the ops treat a DTensor:
+    at the first DTensor the entry points see, at the first use of ``tinybig_cuda.distributed``, or
+    at import if DTensor is already loaded (tinybig_cuda/__init__.py)."""
     global _dtensor_rules_registered
-    from . import distributed  # noqa: F401
-
+    # Not `from . import distributed`: that first asks the package for the attribute, and the
+    # package's __getattr__ for it calls this function again.
+    distributed = importlib.import_module(f"{__package__}.distributed")
     _dtensor_rules_registered = True
+    return distributed
 
 
 @compat.register_fake("tinybig_cuda::bernoulli_mask_apply_p_tensor")
