@@ -8,13 +8,9 @@ import importlib.util
 import math
 import os
 import re
-<<<<<<< HEAD
-import sys
-import warnings
-=======
 import subprocess
 import sys
->>>>>>> issue-21
+import warnings
 from pathlib import Path
 
 import pytest

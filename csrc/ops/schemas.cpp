@@ -3,6 +3,10 @@
 // kernels torch.compile traces with in tinybig_cuda/ops.py and compact.py.
 #include <torch/library.h>
 
+#include "ops/torch_compat.h"
+
+namespace tinybig_cuda {
+
 TORCH_LIBRARY(tinybig_cuda, m) {
   // rng_state is a tensor, not an int, so torch.compile does not specialise on the seed and a
   // CUDA graph replay reads whatever state was last written into it.
@@ -11,6 +15,7 @@ TORCH_LIBRARY(tinybig_cuda, m) {
   // element_offset and row_length place the tensor in a larger matrix's mask (a shard): local
   // element (r, c), r counting rows of the last dimension, is global element
   // element_offset + r * row_length + c; row_length=None means rows follow one another.
+  name_fake_kernel_module(m, "tinybig_cuda.ops");
   m.def("bernoulli_mask_apply(Tensor w, float p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
   m.def("bernoulli_mask(SymInt[] shape, float p, Tensor rng_state, SymInt element_offset=0, SymInt? row_length=None) -> Tensor");
   // bernoulli_mask_apply with p as data (a one-element float tensor on the CPU), which is what
@@ -22,7 +27,10 @@ TORCH_LIBRARY(tinybig_cuda, m) {
   // gather between the kept values (in row-major order) and the full matrix, each the other's
   // adjoint. kept_count is an argument, not read from the mask, so compress's output shape is
   // known without running it; the kernels refuse a count that is not the mask's.
+  name_fake_kernel_module(m, "tinybig_cuda.compact");
   m.def("bernoulli_mask_count(SymInt numel, float p, Tensor rng_state, SymInt element_offset=0) -> Tensor");
   m.def("bernoulli_mask_expand(Tensor values, float p, Tensor rng_state, SymInt[] shape, SymInt element_offset=0) -> Tensor");
   m.def("bernoulli_mask_compress(Tensor full, float p, Tensor rng_state, SymInt kept_count, SymInt element_offset=0) -> Tensor");
 }
+
+}  // namespace tinybig_cuda

@@ -15,6 +15,12 @@
 
 namespace tinybig_cuda {
 
+template <typename Library, typename = void>
+struct has_set_python_module : std::false_type {};
+template <typename Library>
+struct has_set_python_module<
+    Library, std::void_t<decltype(std::declval<Library&>().set_python_module(""))>> : std::true_type {};
+
 // A new autograd node, held the way this torch holds nodes: std::shared_ptr up to the releases
 // whose Edge::function became a c10::intrusive_ptr (for them, Node derives from intrusive_ptr_target).
 template <typename NodeType>
@@ -24,6 +30,17 @@ auto make_autograd_node() {
     return std::make_shared<NodeType>();
   } else {
     return c10::make_intrusive<NodeType>();
+  }
+}
+
+// Names the Python module that registers the fake kernels of the ops defined after this call.
+// torch 2.2 and 2.3 run a Python fake kernel of an op defined in C++ only if the library named that
+// module (impl_abstract_pystub); later releases (set_python_module) need no name, and an op library
+// loaded without Python there must not send torch looking for the package.
+template <typename Library>
+void name_fake_kernel_module(Library& library, const char* python_module) {
+  if constexpr (!has_set_python_module<Library>::value) {
+    library.impl_abstract_pystub(python_module);
   }
 }
 
