@@ -26,6 +26,14 @@ HAS_DTENSOR = compat.TORCH_VERSION >= compat.DTENSOR[0]
 requires_dtensor = pytest.mark.skipif(
     not HAS_DTENSOR, reason=f"DTensor support needs torch 2.5 or newer; this is torch {torch.__version__}"
 )
+requires_opcheck = pytest.mark.skipif(
+    not hasattr(torch.library, "opcheck"), reason=f"torch.library.opcheck needs torch 2.4 or newer; this is torch {torch.__version__}"
+)
+# The emulated out-of-tree device of test_device_fallback.py registers a Python fallback kernel.
+requires_library_fallback = pytest.mark.skipif(
+    not hasattr(torch.library.Library, "fallback"),
+    reason=f"torch.library.Library.fallback needs a newer torch than {torch.__version__}",
+)
 requires_compile = pytest.mark.skipif(
     not compat.COMPILE_SUPPORTED, reason=f"torch {torch.__version__} has no torch.compile on Python {sys.version.split()[0]}"
 )

@@ -5,7 +5,7 @@ import torch
 
 import tinybig_cuda
 
-from conftest import DEVICES, DTYPE_IDS, DTYPES, make_state
+from conftest import DEVICES, DTYPES, DTYPE_IDS, make_state, requires_opcheck
 
 APPLY = torch.ops.tinybig_cuda.bernoulli_mask_apply.default
 MASK = torch.ops.tinybig_cuda.bernoulli_mask.default
@@ -22,6 +22,7 @@ def _input(layout, dtype, device, requires_grad):
     return w.requires_grad_(requires_grad)
 
 
+@requires_opcheck
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
 @pytest.mark.parametrize("layout", ["contiguous", "transposed"])
@@ -36,6 +37,7 @@ def test_opcheck_bernoulli_mask_apply(device, dtype, layout, requires_grad):
     torch.library.opcheck(torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor.default, (w, p_tensor, make_state(1, 2, device), 3, None))
 
 
+@requires_opcheck
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("shape", [[5, 7], [0, 3], [4099]])
 def test_opcheck_bernoulli_mask(device, shape):

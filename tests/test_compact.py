@@ -27,6 +27,8 @@ from conftest import (
     make_state,
     random_bits,
     random_values,
+    requires_compile,
+    requires_opcheck,
 )
 
 COUNT = torch.ops.tinybig_cuda.bernoulli_mask_count.default
@@ -209,6 +211,7 @@ def test_gradients_flow_into_exactly_the_kept_entries(device):
     assert torch.equal(full.grad[~mask], torch.zeros_like(full.grad[~mask]))
 
 
+@requires_opcheck
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["float32", "float64", "bfloat16"])
@@ -243,6 +246,7 @@ def test_gradcheck_and_gradgradcheck_float64(device, p):
         assert torch.autograd.gradgradcheck(function, (argument,))
 
 
+@requires_compile
 def test_compiled_compact_module_matches_eager():
     torch.manual_seed(0)
     module = masking_reconciliation(p=0.4, compact=True)

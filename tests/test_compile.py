@@ -9,10 +9,10 @@ from torch._dynamo.testing import CompileCounterWithBackend
 import tinybig_cuda
 from tinybig_cuda import bernoulli_mask, bernoulli_mask_apply, masking_reconciliation, reference
 
-from conftest import DEVICES, assert_bitwise_equal, make_state, random_bits
+from conftest import DEVICES, assert_bitwise_equal, make_state, random_bits, requires_compile
 
 # Inductor runs torch.jit.script on parts of torch itself; the warnings are torch's, not this package's.
-pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")
+pytestmark = [pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning"), requires_compile]
 
 STATES = [(0, 0), (-1, -1), (2**63 - 1, -(2**63)), (12345, 67890)]
 

@@ -16,7 +16,7 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import _C
 
-from conftest import DTYPE_IDS, DTYPES
+from conftest import DTYPES, DTYPE_IDS, requires_opcheck
 
 EXPECT_CUDA_BUILD = os.environ.get("TINYBIG_EXPECT_CUDA_BUILD") == "1"
 OPS = ("tinybig_cuda::bernoulli_mask_apply", "tinybig_cuda::bernoulli_mask")
@@ -103,6 +103,7 @@ def test_cuda_matches_cpu_bit_for_bit(dtype, make_view):
     assert torch.equal(cpu.view(torch.uint8), cuda.cpu().view(torch.uint8))
 
 
+@requires_opcheck
 @needs_gpu
 def test_opcheck_on_cuda():
     w = torch.randn(37, 129, device="cuda", dtype=torch.float64, requires_grad=True)

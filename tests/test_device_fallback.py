@@ -16,7 +16,7 @@ from torch._C import DispatchKey
 import tinybig_cuda
 from tinybig_cuda import _C
 
-from conftest import DTYPE_IDS, DTYPES, assert_bitwise_equal
+from conftest import DTYPES, DTYPE_IDS, assert_bitwise_equal, requires_compile, requires_library_fallback
 
 OPS = ["bernoulli_mask_apply", "bernoulli_mask", "bernoulli_mask_count", "bernoulli_mask_expand", "bernoulli_mask_compress"]
 FALLBACK_KEYS = ["MPS", "XPU", "PrivateUse1"]
@@ -182,7 +182,8 @@ def forward_and_backward(function, w, state):
     return out.detach(), w.grad
 
 
-@pytest.mark.parametrize("compiled", [False, True], ids=["eager", "compiled"])
+@requires_library_fallback
+@pytest.mark.parametrize("compiled", [False, pytest.param(True, marks=requires_compile)], ids=["eager", "compiled"])
 def test_emulated_device_runs_autograd_and_compile_through_the_fallback(compiled):
     state = torch.tensor([5, 6])
     w = torch.randn(33, 65, dtype=torch.float64, requires_grad=True)
@@ -195,6 +196,7 @@ def test_emulated_device_runs_autograd_and_compile_through_the_fallback(compiled
     assert torch.equal(out, expected_out) and torch.equal(grad, expected_grad)
 
 
+@requires_library_fallback
 def test_emulated_device_runs_the_compact_ops_through_the_fallback():
     state = torch.tensor([8, 9])
     values = torch.randn(tinybig_cuda.count_kept(200, 0.3, state), requires_grad=True)

@@ -12,7 +12,10 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
+from conftest import requires_dtensor
+
 pytestmark = [
+    requires_dtensor,
     pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
     pytest.mark.slow,  # each test starts gloo processes
 ]

@@ -9,6 +9,9 @@ the rendered page do not see:
     <!-- docs-test: tinybig -->   needs tinyBIG: skipped where it is not installed, failed instead
                                   where TINYBIG_EXPECT_TINYBIG=1 (the `tinybig` fixture)
     <!-- docs-test: slow -->      left out of the quick loop (pytest -m "not slow")
+    <!-- docs-test: compile -->   uses torch.compile or torch.export: skipped, saying why, where this
+                                  torch has neither (conftest.py's requires_compile)
+    <!-- docs-test: dtensor -->   uses DTensor: skipped, saying why, on a torch before 2.5
 
 Tags combine with commas. Blocks that compile (torch.compile, torch.export) or start processes
 are slow.
@@ -21,11 +24,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import CUDA_AVAILABLE, run_fresh_python
+from conftest import CUDA_AVAILABLE, requires_compile, requires_dtensor, run_fresh_python
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TAGS = {"cuda", "torchrun", "tinybig", "slow"}
+TAGS = {"cuda", "torchrun", "tinybig", "slow", "compile", "dtensor"}
 MARKER = re.compile(r"^<!-- docs-test: ([^>]*?) -->$", re.MULTILINE)
 BLOCK = re.compile(r"^(?:<!-- docs-test: ([^>]*?) -->\n)?```python\n(.*?)^```", re.MULTILINE | re.DOTALL)
 
@@ -37,6 +40,8 @@ def python_blocks():
             tags = {tag.strip() for tag in (match.group(1) or "").split(",") if tag.strip()}
             line = text.count("\n", 0, match.start(2)) + 1
             marks = [pytest.mark.slow] if {"slow", "torchrun"} & tags else []
+            marks += [requires_compile] if "compile" in tags else []
+            marks += [requires_dtensor] if "dtensor" in tags else []
             yield pytest.param(tags, match.group(2), id=f"{document.relative_to(ROOT)}:{line}", marks=marks)
 
 

@@ -18,6 +18,9 @@ import torch
 
 import tinybig_cuda
 from tinybig_cuda import _C, _library
+from tinybig_cuda import _torch_compat as compat
+
+from conftest import requires_compile
 
 REPO = Path(__file__).resolve().parents[1]
 LIBRARY = tinybig_cuda.op_library_path
@@ -96,6 +99,8 @@ class MaskedLinear(torch.nn.Module):
 
 
 @pytest.mark.slow  # compiles an AOTInductor package
+@requires_compile
+@pytest.mark.skipif(compat.TORCH_VERSION < (2, 6), reason=f"AOTInductor packages need torch 2.6 or newer; this is torch {torch.__version__}")
 def test_aotinductor_package_runs_in_a_process_that_loaded_only_the_library(tmp_path):
     torch.manual_seed(0)
     model, x = MaskedLinear().eval(), torch.randn(4, 16)

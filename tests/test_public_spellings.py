@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import run_fresh_python
+from conftest import HAS_DTENSOR, requires_dtensor, run_fresh_python
 
 ROOT = Path(__file__).resolve().parents[1]
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -34,8 +34,14 @@ def test_the_documents_spell_public_names():
         assert name in spellings
 
 
+def _needs_dtensor(spelling):
+    return spelling.startswith("tinybig_cuda.distributed")
+
+
 @pytest.mark.slow  # a fresh interpreter per name
-@pytest.mark.parametrize("spelling", documented_spellings())
+@pytest.mark.parametrize(
+    "spelling", [pytest.param(s, marks=[requires_dtensor] if _needs_dtensor(s) else []) for s in documented_spellings()]
+)
 def test_documented_spelling_resolves_after_import_tinybig(spelling, tmp_path):
     attributes = spelling.split(".")[1:]
     code = ("import tinybig_cuda\n"
@@ -53,6 +59,21 @@ dist.init_process_group("gloo", init_method="file://{store}", rank=0, world_size
 """
 
 
+@pytest.mark.skipif(HAS_DTENSOR, reason="this torch has DTensor")
+def test_dtensor_support_on_an_older_torch_names_the_torch_that_has_it(tmp_path):
+    code = """
+import torch, tinybig_cuda
+try:
+    tinybig_cuda.distributed
+except RuntimeError as error:
+    assert "needs torch 2.5 or newer" in str(error) and torch.__version__ in str(error), error
+else:
+    raise AssertionError("no error")
+"""
+    run_fresh_python(code, tmp_path)
+
+
+@requires_dtensor
 def test_broadcast_rng_states_after_import_tinybig(tmp_path):
     code = "import tinybig_cuda\n" + ONE_PROCESS_GROUP.format(store=tmp_path / "store") + """
 model = torch.nn.ModuleList([tinybig_cuda.masking_reconciliation(p=0.5) for _ in range(2)])
@@ -62,6 +83,7 @@ dist.destroy_process_group()
     run_fresh_python(code, tmp_path)
 
 
+@requires_dtensor
 @pytest.mark.parametrize("entry", ["bernoulli_mask_apply", "masking_reconciliation", "bernoulli_mask"])
 def test_first_dtensor_reaching_an_entry_point_after_import_tinybig(entry, tmp_path):
     """DTensor imported after tinybig_cuda, so that its rules are registered at the first DTensor

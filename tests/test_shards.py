@@ -16,7 +16,7 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import bernoulli_mask, bernoulli_mask_apply, reference
 
-from conftest import DTYPE_IDS, DTYPES, assert_bitwise_equal
+from conftest import DTYPES, DTYPE_IDS, assert_bitwise_equal, requires_opcheck
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 
@@ -155,6 +155,7 @@ def test_element_offset_that_overflows_int64_is_rejected():
         bernoulli_mask((42,), 0.5, torch.tensor([1, 2]), element_offset=2**63 - 41)
 
 
+@requires_opcheck
 def test_opcheck_with_element_offset():
     # The fake kernel, the schema and the autograd registration must all carry element_offset.
     weight = torch.randn(5, 6, requires_grad=True)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 import tinybig_cuda
 from tinybig_cuda import bernoulli_mask, bernoulli_mask_apply, masking_reconciliation
 
-from conftest import assert_bitwise_equal, error_pattern, random_values
+from conftest import assert_bitwise_equal, error_pattern, random_values, requires_compile
 
 OURS = "tinybig_cuda.masking_reconciliation"
 THEIRS = "tinybig.reconciliation.masking_reconciliation"
@@ -303,6 +303,7 @@ def test_patch_tinybig_makes_tinybig_build_ours(tinybig, monkeypatch):
         head(torch.randn(5, 4), device="cpu").sum().backward()
 
 
+@requires_compile
 def test_compiled_autograd_gives_eager_gradients():
     """Compiled autograd traces the backward: the op's and the module's must both be traceable."""
     state = torch.tensor([1, 2])

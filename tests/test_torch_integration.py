@@ -13,6 +13,8 @@ from torch.utils.checkpoint import checkpoint
 import tinybig_cuda
 from tinybig_cuda import bernoulli_mask, bernoulli_mask_apply, masking_reconciliation, reference
 
+from conftest import requires_compile
+
 # Inductor and export script parts of torch itself; the warnings are theirs, not this package's.
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")
 
@@ -33,6 +35,7 @@ class MaskedHead(torch.nn.Module):
 
 # ---- torch.export -------------------------------------------------------------------------------
 
+@requires_compile
 def test_export_fixed_mask_head_save_load_and_run(tmp_path):
     torch.manual_seed(0)
     head = MaskedHead()
@@ -65,6 +68,7 @@ def test_export_fixed_mask_head_save_load_and_run(tmp_path):
     assert completed.returncode == 0, completed.stderr
 
 
+@requires_compile
 def test_exported_program_follows_a_new_state_in_its_state_dict():
     torch.manual_seed(0)
     head = MaskedHead()
@@ -75,6 +79,7 @@ def test_exported_program_follows_a_new_state_in_its_state_dict():
     assert torch.equal(program.module()(x), head(x))
 
 
+@requires_compile
 def test_export_fresh_mask_head():
     head = MaskedHead(fixed_mask=False)
     x = torch.randn(4, 5)
