@@ -1,0 +1,229 @@
+// masked_linear and its two backward ops, for every device at once: the masked weight is made a
+// block at a time by bernoulli_mask_apply (each block a window of w's mask, docs/contract.md,
+// 'Element offsets and shards') into a buffer that stays in cache, and torch's BLAS multiplies it
+// into its slice of the output. So the only weight-sized memory traffic is reading w once, and
+// neither the forward nor the backward keeps a masked weight.
+//
+//   forward       y[:, rows]    = x @ masked(w[rows, :])^T (+ bias[rows])   blocks of rows of w
+//   grad input    grad_x[:, cols] = grad_y @ masked(w[:, cols])             blocks of columns of w
+//   grad weight   grad_w[rows, :] = mask ⊙ (grad_y[:, rows]^T @ x)          each block masked while in cache
+//
+// Each output block is written once (no accumulation over blocks), whatever the batch size.
+#include "ops/masked_linear.h"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <torch/csrc/autograd/custom_function.h>
+#include <torch/library.h>
+
+#include <c10/util/accumulate.h>
+
+#include <algorithm>
+#include <vector>
+
+#include "ops/argument_checks.h"
+#include "ops/op_handles.h"
+
+namespace tinybig_cuda {
+namespace {
+
+constexpr const char* kOp = "tinybig_cuda.masked_linear";
+// A block of masked weight: about 1 MiB, so it is still in the L2 cache when the product reads it
+// (the masking kernel writes it, BLAS reads it once per batch row panel).
+constexpr int64_t kBlockBytes = int64_t{1} << 20;
+
+// How many rows (or columns) of `line_elements` elements each make one block.
+int64_t lines_per_block(int64_t line_elements, int64_t element_size) {
+  return std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, line_elements * element_size));
+}
+
+// `sizes` with its last dimension replaced by `last`.
+std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
+  std::vector<int64_t> result(sizes.begin(), sizes.end());
+  result.back() = last;
+  return result;
+}
+
+void check_same_dtype_and_device(const char* argument, const at::Tensor& tensor, const at::Tensor& w) {
+  TORCH_CHECK_TYPE(tensor.scalar_type() == w.scalar_type(), kOp, ": expected ", argument, " of w's dtype ",
+                   w.scalar_type(), ", but got dtype ", tensor.scalar_type());
+  TORCH_CHECK_VALUE(tensor.device() == w.device(), kOp, ": expected ", argument, " on w's device ", w.device(),
+                    ", but got it on ", tensor.device());
+}
+
+// tinybig_cuda/weight_drop.py's fake kernel makes the same checks in the same order.
+void check_masked_linear(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
+                         const std::optional<at::Tensor>& bias) {
+  check_maskable_dtype(kOp, "w", w);
+  TORCH_CHECK_VALUE(w.dim() == 2, kOp, ": expected w of shape (out_features, in_features), but got shape ",
+                    w.sizes());
+  check_same_dtype_and_device("x", x, w);
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == w.size(1), kOp, ": expected x of shape (..., ", w.size(1),
+                    ") (in_features, w's second dimension), but got shape ", x.sizes());
+  if (bias && bias->defined()) {
+    check_same_dtype_and_device("bias", *bias, w);
+    TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == w.size(0), kOp, ": expected bias of shape (",
+                      w.size(0), ",) (out_features, w's first dimension), but got shape ", bias->sizes());
+  }
+  check_keep_probability(kOp, p);
+  check_rng_state(kOp, rng_state, w.device());
+}
+
+// `tensor` (..., last) as a matrix (rows, last); reshape({-1, last}) fails when last is 0.
+at::Tensor as_matrix(const at::Tensor& tensor) {
+  const at::IntArrayRef sizes = tensor.sizes();
+  return tensor.reshape({c10::multiply_integers(sizes.begin(), sizes.end() - 1), sizes.back()});
+}
+
+// Rows [first, first + count) of w's mask applied to w: rows follow one another in the mask, so
+// the block is one run starting at global element first * in_features.
+at::Tensor masked_rows(const at::Tensor& w, int64_t first, int64_t count, double p, const at::Tensor& rng_state) {
+  return call_mask_apply(w.narrow(0, first, count), p, rng_state, first * w.size(1), std::nullopt);
+}
+
+at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
+                         const std::optional<at::Tensor>& bias) {
+  check_masked_linear(x, w, p, rng_state, bias);
+  const int64_t out_features = w.size(0);
+  const at::Tensor x_rows = as_matrix(x);
+  at::Tensor y = at::empty({x_rows.size(0), out_features}, x.options());
+  const bool has_bias = bias && bias->defined();
+  if (y.numel() > 0) {
+    const int64_t block = lines_per_block(w.size(1), w.element_size());
+    for (int64_t first = 0; first < out_features; first += block) {
+      const int64_t count = std::min(block, out_features - first);
+      at::Tensor y_block = y.narrow(1, first, count);  // BLAS writes the strided slice in place
+      const at::Tensor masked_t = masked_rows(w, first, count, p, rng_state).t();
+      if (has_bias) {
+        at::addmm_out(y_block, bias->narrow(0, first, count), x_rows, masked_t);
+      } else {
+        at::mm_out(y_block, x_rows, masked_t);
+      }
+    }
+  }
+  return y.view(with_last(x.sizes(), out_features));
+}
+
+// grad_x = grad_y @ (mask ⊙ w), a block of columns of w at a time: a column block is a window of
+// the mask (each row in_features after the previous), so grad_x's columns are written once each.
+at::Tensor masked_linear_backward_input(const at::Tensor& grad_output, const at::Tensor& w, double p,
+                                        const at::Tensor& rng_state) {
+  TORCH_CHECK_VALUE(w.dim() == 2 && grad_output.dim() >= 1 && grad_output.size(-1) == w.size(0),
+                    "tinybig_cuda.masked_linear_backward_input: expected grad_output of shape (..., out_features) and w of "
+                    "shape (out_features, in_features), but got shapes ", grad_output.sizes(), " and ", w.sizes());
+  const int64_t out_features = w.size(0), in_features = w.size(1);
+  const at::Tensor grad_rows = as_matrix(grad_output);
+  const std::vector<int64_t> grad_x_sizes = with_last(grad_output.sizes(), in_features);
+  if (grad_rows.size(0) == 0 || out_features == 0) return at::zeros(grad_x_sizes, grad_output.options());
+  at::Tensor grad_x = at::empty({grad_rows.size(0), in_features}, grad_output.options());
+  const int64_t block = lines_per_block(out_features, w.element_size());
+  for (int64_t first = 0; first < in_features; first += block) {
+    const int64_t count = std::min(block, in_features - first);
+    const at::Tensor masked_columns =
+        call_mask_apply(w.narrow(1, first, count), p, rng_state, first, c10::SymInt(in_features));
+    at::Tensor grad_x_block = grad_x.narrow(1, first, count);
+    at::mm_out(grad_x_block, grad_rows, masked_columns);
+  }
+  return grad_x.view(grad_x_sizes);
+}
+
+// grad_w = mask ⊙ (grad_y^T @ x), a block of rows at a time: each block of the product is masked
+// while it is still in cache, then written over itself.
+at::Tensor masked_linear_backward_weight(const at::Tensor& grad_output, const at::Tensor& x, double p,
+                                         const at::Tensor& rng_state) {
+  TORCH_CHECK_VALUE(grad_output.dim() >= 1 && grad_output.dim() == x.dim() &&
+                        grad_output.sizes().slice(0, x.dim() - 1) == x.sizes().slice(0, x.dim() - 1),
+                    "tinybig_cuda.masked_linear_backward_weight: expected grad_output (..., out_features) and x "
+                    "(..., in_features) with the same leading dimensions, but got shapes ", grad_output.sizes(),
+                    " and ", x.sizes());
+  const int64_t out_features = grad_output.size(-1), in_features = x.size(-1);
+  const at::Tensor grad_rows = as_matrix(grad_output);
+  const at::Tensor x_rows = as_matrix(x);
+  if (x_rows.size(0) == 0) return at::zeros({out_features, in_features}, x.options());
+  at::Tensor grad_w = at::empty({out_features, in_features}, x.options());
+  const int64_t block = lines_per_block(in_features, x.element_size());
+  for (int64_t first = 0; first < out_features; first += block) {
+    const int64_t count = std::min(block, out_features - first);
+    at::Tensor grad_w_block = grad_w.narrow(0, first, count);
+    at::mm_out(grad_w_block, grad_rows.narrow(1, first, count).t(), x_rows);
+    grad_w_block.copy_(call_mask_apply(grad_w_block, p, rng_state, first * in_features, std::nullopt));
+  }
+  return grad_w;
+}
+
+at::Tensor call_masked_linear(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
+                              const std::optional<at::Tensor>& bias) {
+  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double, const at::Tensor&,
+                                            const std::optional<at::Tensor>&)>("tinybig_cuda::masked_linear");
+  return op.call(x, w, p, rng_state, bias);
+}
+
+// The backward ops, called through the dispatcher so that torch.compile traces them into the
+// backward graph.
+using BackwardSignature = at::Tensor(const at::Tensor&, const at::Tensor&, double, const at::Tensor&);
+
+at::Tensor call_backward_input(const at::Tensor& grad_output, const at::Tensor& w, double p,
+                               const at::Tensor& rng_state) {
+  static const auto op = find_op<BackwardSignature>("tinybig_cuda::masked_linear_backward_input");
+  return op.call(grad_output, w, p, rng_state);
+}
+
+at::Tensor call_backward_weight(const at::Tensor& grad_output, const at::Tensor& x, double p,
+                                const at::Tensor& rng_state) {
+  static const auto op = find_op<BackwardSignature>("tinybig_cuda::masked_linear_backward_weight");
+  return op.call(grad_output, x, p, rng_state);
+}
+
+using torch::autograd::AutogradContext;
+using torch::autograd::variable_list;
+
+// Saves x, w (the parameter itself, not a copy) and the 16-byte state: the backward makes the
+// masked blocks again instead of keeping a masked weight.
+class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
+ public:
+  static at::Tensor forward(AutogradContext* context, const at::Tensor& x, const at::Tensor& w, double p,
+                            const at::Tensor& rng_state, const std::optional<at::Tensor>& bias) {
+    context->save_for_backward({x, w, rng_state});
+    context->saved_data["p"] = p;
+    context->saved_data["has_bias"] = bias && bias->defined();
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    return call_masked_linear(x, w, p, rng_state, bias);
+  }
+
+  static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
+    const variable_list saved = context->get_saved_variables();
+    const at::Tensor &x = saved[0], &w = saved[1], &rng_state = saved[2];
+    const double p = context->saved_data["p"].toDouble();
+    const at::Tensor& grad_y = grad_outputs[0];
+    at::Tensor grad_x, grad_w, grad_bias;
+    if (grad_y.defined()) {
+      if (context->needs_input_grad(0)) {
+        grad_x = call_backward_input(grad_y, w, p, rng_state);
+      }
+      if (context->needs_input_grad(1)) {
+        grad_w = call_backward_weight(grad_y, x, p, rng_state);
+      }
+      // needs_input_grad counts the tensor arguments given: x, w, rng_state, then bias if any.
+      if (context->saved_data["has_bias"].toBool() && context->needs_input_grad(3)) grad_bias = as_matrix(grad_y).sum(0);
+    }
+    return {grad_x, grad_w, at::Tensor(), at::Tensor(), grad_bias};
+  }
+};
+
+}  // namespace
+
+at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                  const std::optional<at::Tensor>& bias) {
+  return MaskedLinear::apply(x, w, p, rng_state, bias);
+}
+
+TORCH_LIBRARY_IMPL(tinybig_cuda, CompositeExplicitAutograd, m) {
+  m.impl("masked_linear", masked_linear);
+  m.impl("masked_linear_backward_input", masked_linear_backward_input);
+  m.impl("masked_linear_backward_weight", masked_linear_backward_weight);
+}
+
+}  // namespace tinybig_cuda
