@@ -17,9 +17,9 @@ OP = torch.ops.tinybig_cuda.masked_linear.default
 BACKWARD_INPUT = torch.ops.tinybig_cuda.masked_linear_backward_input.default
 BACKWARD_WEIGHT = torch.ops.tinybig_cuda.masked_linear_backward_weight.default
 
-# (x's shape, w's shape): weights of more than one 1 MiB block of rows (forward, grad_w) and of
-# columns (grad_x), 1-D and 3-D inputs, and a batch of one.
-CASES = [((4, 300), (700, 300)), ((1, 500), (600, 500)), ((3, 2, 64), (96, 64)), ((64,), (33, 64)), ((5, 3), (2, 3))]
+# (x's shape, w's shape): a weight of several 1 MiB blocks of rows (forward, grad_w) and of
+# columns (grad_x) in every dtype, 1-D and 3-D inputs, and a batch of one.
+CASES = [((4, 1000), (1200, 1000)), ((1, 500), (600, 500)), ((3, 2, 64), (96, 64)), ((64,), (33, 64)), ((5, 3), (2, 3))]
 TOLERANCE = {torch.float32: dict(rtol=1e-5, atol=1e-4), torch.float64: dict(rtol=1e-10, atol=1e-10),
              torch.bfloat16: dict(rtol=2e-2, atol=1e-1), torch.float16: dict(rtol=2e-3, atol=2e-2)}
 
@@ -50,7 +50,7 @@ def test_values_and_gradients_equal_linear_of_the_masked_weight(device, x_shape,
         torch.testing.assert_close(grad, expected_grad, **TOLERANCE[dtype])
 
 
-@pytest.mark.parametrize("w_shape", [(700, 300), (96, 64)])
+@pytest.mark.parametrize("w_shape", [(1200, 1000), (96, 64)])
 @pytest.mark.parametrize("p", [0.0, 0.3, 1.0])
 def test_the_mask_bits_are_bernoulli_mask_applys(device, w_shape, p):
     # Multiplying by the identity adds only zeros to each masked weight, so the product is exact.

@@ -27,8 +27,8 @@ def masked_linear(x: torch.Tensor, w: torch.Tensor, p: float, rng_state: torch.T
     The mask is the one `bernoulli_mask_apply` draws for `w` (element ``(r, c)`` kept iff Philox
     word ``r * in_features + c`` of `rng_state` is below ``floor(p * 2**32)``, docs/contract.md),
     bit for bit; the values equal F.linear's up to the order of floating-point sums. The masked
-    weight is made about 1 MiB at a time and multiplied by torch's BLAS into its slice of the
-    output, so no weight-sized tensor is written, and the backward keeps only `x`, `w` itself and
+    weight is made a block of rows at a time (1 MiB, more at large batches, at most 16 MiB) and
+    multiplied by torch's BLAS into its slice of the output, so no weight-sized tensor is written, and the backward keeps only `x`, `w` itself and
     the 16-byte `rng_state`: it makes the masked blocks again (``grad_x``), and masks ``grad_y^T x``
     block by block (``grad_w``). Nothing is rescaled.
 

@@ -1,14 +1,15 @@
 // masked_linear and its two backward ops, for every device at once: the masked weight is made a
 // block at a time by bernoulli_mask_apply (each block a window of w's mask, docs/contract.md,
-// 'Element offsets and shards') into a buffer that stays in cache, and torch's BLAS multiplies it
-// into its slice of the output. So the only weight-sized memory traffic is reading w once, and
-// neither the forward nor the backward keeps a masked weight.
+// 'Element offsets and shards') into a buffer of 1 to 16 MiB, and torch's BLAS (cuBLAS on CUDA)
+// multiplies it into its slice of the output. So the only weight-sized memory traffic is reading w
+// once, and neither the forward nor the backward keeps a masked weight.
 //
 //   forward       y[:, rows]    = x @ masked(w[rows, :])^T (+ bias[rows])   blocks of rows of w
-//   grad input    grad_x[:, cols] = grad_y @ masked(w[:, cols])             blocks of columns of w
+//   grad input    grad_x       += grad_y[:, rows] @ masked(w[rows, :])
 //   grad weight   grad_w[rows, :] = mask ⊙ (grad_y[:, rows]^T @ x)          each block masked while in cache
 //
-// Each output block is written once (no accumulation over blocks), whatever the batch size.
+// Large outputs take their memory from the package's CPU output cache (ops/output_memory.h), as
+// bernoulli_mask_apply's do, so a training loop does not fault fresh pages in at every call.
 #include "ops/masked_linear.h"
 
 #include <ATen/core/dispatch/Dispatcher.h>
@@ -26,18 +27,26 @@
 
 #include "ops/argument_checks.h"
 #include "ops/op_handles.h"
+#include "ops/output_memory.h"
 
 namespace tinybig_cuda {
 namespace {
 
 constexpr const char* kOp = "tinybig_cuda.masked_linear";
-// A block of masked weight: about 1 MiB, so it is still in the L2 cache when the product reads it
-// (the masking kernel writes it, BLAS reads it once per batch row panel).
+// A block of masked weight is at least about 1 MiB, so that it is still in the L2 cache when the
+// product reads it. BLAS packs the other operand (x, or grad_y) again for every block, so a block
+// also has at least four times as many lines as that operand has rows, keeping that re-reading
+// under a quarter of the block's own work; up to 16 MiB, which bounds the buffer at large batches.
 constexpr int64_t kBlockBytes = int64_t{1} << 20;
+constexpr int64_t kMaxBlockBytes = int64_t{16} << 20;
+constexpr int64_t kLinesPerOperandRow = 4;
 
-// How many rows (or columns) of `line_elements` elements each make one block.
-int64_t lines_per_block(int64_t line_elements, int64_t element_size) {
-  return std::max<int64_t>(1, kBlockBytes / std::max<int64_t>(1, line_elements * element_size));
+// How many rows (or columns) of w, each of `line_elements` elements, make one block, for a
+// product with an operand of `operand_rows` rows.
+int64_t lines_per_block(int64_t line_elements, int64_t element_size, int64_t operand_rows) {
+  const int64_t line_bytes = std::max<int64_t>(1, line_elements * element_size);
+  const int64_t lines = std::max(kBlockBytes / line_bytes, kLinesPerOperandRow * operand_rows);
+  return std::max<int64_t>(1, std::min(lines, kMaxBlockBytes / line_bytes));
 }
 
 // `sizes` with its last dimension replaced by `last`.
@@ -89,10 +98,10 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& w, double p, con
   check_masked_linear(x, w, p, rng_state, bias);
   const int64_t out_features = w.size(0);
   const at::Tensor x_rows = as_matrix(x);
-  at::Tensor y = at::empty({x_rows.size(0), out_features}, x.options());
+  at::Tensor y = empty_output({x_rows.size(0), out_features}, x.options());
   const bool has_bias = bias && bias->defined();
   if (y.numel() > 0) {
-    const int64_t block = lines_per_block(w.size(1), w.element_size());
+    const int64_t block = lines_per_block(w.size(1), w.element_size(), x_rows.size(0));
     for (int64_t first = 0; first < out_features; first += block) {
       const int64_t count = std::min(block, out_features - first);
       at::Tensor y_block = y.narrow(1, first, count);  // BLAS writes the strided slice in place
@@ -107,8 +116,9 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& w, double p, con
   return y.view(with_last(x.sizes(), out_features));
 }
 
-// grad_x = grad_y @ (mask ⊙ w), a block of columns of w at a time: a column block is a window of
-// the mask (each row in_features after the previous), so grad_x's columns are written once each.
+// grad_x = grad_y @ (mask ⊙ w), summed over the blocks of rows the forward masks: each block is
+// one contiguous run of the mask, which the masking kernel makes fastest. The sum re-reads grad_x
+// once per block; blocks of at least four times grad_x's rows keep that under a quarter of w's size.
 at::Tensor masked_linear_backward_input(const at::Tensor& grad_output, const at::Tensor& w, double p,
                                         const at::Tensor& rng_state) {
   TORCH_CHECK_VALUE(w.dim() == 2 && grad_output.dim() >= 1 && grad_output.size(-1) == w.size(0),
@@ -117,16 +127,30 @@ at::Tensor masked_linear_backward_input(const at::Tensor& grad_output, const at:
   const int64_t out_features = w.size(0), in_features = w.size(1);
   const at::Tensor grad_rows = as_matrix(grad_output);
   const std::vector<int64_t> grad_x_sizes = with_last(grad_output.sizes(), in_features);
-  if (grad_rows.size(0) == 0 || out_features == 0) return at::zeros(grad_x_sizes, grad_output.options());
-  at::Tensor grad_x = at::empty({grad_rows.size(0), in_features}, grad_output.options());
-  const int64_t block = lines_per_block(out_features, w.element_size());
-  for (int64_t first = 0; first < in_features; first += block) {
-    const int64_t count = std::min(block, in_features - first);
-    const at::Tensor masked_columns =
-        call_mask_apply(w.narrow(1, first, count), p, rng_state, first, c10::SymInt(in_features));
-    at::Tensor grad_x_block = grad_x.narrow(1, first, count);
-    at::mm_out(grad_x_block, grad_rows, masked_columns);
+  if (grad_rows.size(0) == 0 || out_features == 0 || in_features == 0) {
+    return at::zeros(grad_x_sizes, grad_output.options());
   }
+  at::Tensor grad_x = empty_output({grad_rows.size(0), in_features}, grad_output.options());
+  // float16 and bfloat16 partial sums are kept in float32, as BLAS keeps them within one product:
+  // rounding them between blocks would lose what a single product keeps.
+  const bool reduced_precision = at::isReducedFloatingType(grad_output.scalar_type());
+  at::Tensor sum = reduced_precision ? at::empty(grad_x.sizes(), grad_x.options().dtype(at::kFloat)) : grad_x;
+  const int64_t block = lines_per_block(in_features, w.element_size(), grad_rows.size(0));
+  for (int64_t first = 0; first < out_features; first += block) {
+    const int64_t count = std::min(block, out_features - first);
+    at::Tensor masked = masked_rows(w, first, count, p, rng_state);
+    at::Tensor grad_block = grad_rows.narrow(1, first, count);
+    if (reduced_precision) {
+      masked = masked.to(at::kFloat);
+      grad_block = grad_block.to(at::kFloat);
+    }
+    if (first == 0) {
+      at::mm_out(sum, grad_block, masked);
+    } else {
+      sum.addmm_(grad_block, masked);
+    }
+  }
+  if (reduced_precision) grad_x.copy_(sum);
   return grad_x.view(grad_x_sizes);
 }
 
@@ -143,8 +167,8 @@ at::Tensor masked_linear_backward_weight(const at::Tensor& grad_output, const at
   const at::Tensor grad_rows = as_matrix(grad_output);
   const at::Tensor x_rows = as_matrix(x);
   if (x_rows.size(0) == 0) return at::zeros({out_features, in_features}, x.options());
-  at::Tensor grad_w = at::empty({out_features, in_features}, x.options());
-  const int64_t block = lines_per_block(in_features, x.element_size());
+  at::Tensor grad_w = empty_output({out_features, in_features}, x.options());
+  const int64_t block = lines_per_block(in_features, x.element_size(), x_rows.size(0));
   for (int64_t first = 0; first < out_features; first += block) {
     const int64_t count = std::min(block, out_features - first);
     at::Tensor grad_w_block = grad_w.narrow(0, first, count);
