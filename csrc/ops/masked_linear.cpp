@@ -1,8 +1,8 @@
 // masked_linear and its two backward ops, for every device at once: the masked weight is made a
-// block at a time by bernoulli_mask_apply (each block a window of w's mask, docs/contract.md,
-// 'Element offsets and shards') into a buffer of 1 to 16 MiB, and torch's BLAS (cuBLAS on CUDA)
-// multiplies it into its slice of the output. So the only weight-sized memory traffic is reading w
-// once, and neither the forward nor the backward keeps a masked weight.
+// block of rows at a time by bernoulli_mask_apply (each block one run of w's mask, placed by its
+// element_offset: docs/contract.md, 'Element offsets and shards') into a buffer of 1 to 16 MiB,
+// and torch's BLAS (cuBLAS on CUDA) multiplies it into its slice of the output. So the only
+// forward's only weight-sized memory traffic is reading w once, and no pass keeps a masked weight.
 //
 //   forward       y[:, rows]    = x @ masked(w[rows, :])^T (+ bias[rows])   blocks of rows of w
 //   grad input    grad_x       += grad_y[:, rows] @ masked(w[rows, :])
@@ -15,6 +15,7 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
 #include <ATen/ops/mm.h>
 #include <ATen/ops/zeros.h>
 #include <torch/csrc/autograd/custom_function.h>
@@ -41,8 +42,8 @@ constexpr int64_t kBlockBytes = int64_t{1} << 20;
 constexpr int64_t kMaxBlockBytes = int64_t{16} << 20;
 constexpr int64_t kLinesPerOperandRow = 4;
 
-// How many rows (or columns) of w, each of `line_elements` elements, make one block, for a
-// product with an operand of `operand_rows` rows.
+// How many rows of w, each of `line_elements` elements, make one block, for a product with an
+// operand (x or grad_y) of `operand_rows` rows.
 int64_t lines_per_block(int64_t line_elements, int64_t element_size, int64_t operand_rows) {
   const int64_t line_bytes = std::max<int64_t>(1, line_elements * element_size);
   const int64_t lines = std::max(kBlockBytes / line_bytes, kLinesPerOperandRow * operand_rows);
@@ -212,7 +213,7 @@ class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
                             const at::Tensor& rng_state, const std::optional<at::Tensor>& bias) {
     context->save_for_backward({x, w, rng_state});
     context->saved_data["p"] = p;
-    context->saved_data["has_bias"] = bias && bias->defined();
+    context->saved_data["has_bias"] = bias.has_value() && bias->defined();
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     return call_masked_linear(x, w, p, rng_state, bias);
   }
@@ -223,15 +224,27 @@ class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
     const double p = context->saved_data["p"].toDouble();
     const at::Tensor& grad_y = grad_outputs[0];
     at::Tensor grad_x, grad_w, grad_bias;
-    if (grad_y.defined()) {
+    if (grad_y.defined() && at::GradMode::is_enabled()) {
+      // backward(create_graph=True): a backward that is itself differentiable, from
+      // bernoulli_mask_apply (whose backward is recorded) and stock ops; it makes the whole masked
+      // weight, as mask-then-linear would.
+      if (context->needs_input_grad(0)) {
+        grad_x = at::matmul(grad_y, call_mask_apply(w, p, rng_state, 0, std::nullopt));
+      }
+      if (context->needs_input_grad(1)) {
+        grad_w = call_mask_apply(at::mm(as_matrix(grad_y).t(), as_matrix(x)), p, rng_state, 0, std::nullopt);
+      }
+    } else if (grad_y.defined()) {
       if (context->needs_input_grad(0)) {
         grad_x = call_backward_input(grad_y, w, p, rng_state);
       }
       if (context->needs_input_grad(1)) {
         grad_w = call_backward_weight(grad_y, x, p, rng_state);
       }
-      // needs_input_grad counts the tensor arguments given: x, w, rng_state, then bias if any.
-      if (context->saved_data["has_bias"].toBool() && context->needs_input_grad(3)) grad_bias = as_matrix(grad_y).sum(0);
+    }
+    // needs_input_grad counts the tensor arguments given: x, w, rng_state, then bias if any.
+    if (grad_y.defined() && context->saved_data["has_bias"].toBool() && context->needs_input_grad(3)) {
+      grad_bias = as_matrix(grad_y).sum(0);
     }
     return {grad_x, grad_w, at::Tensor(), at::Tensor(), grad_bias};
   }
