@@ -11,6 +11,7 @@ The op's autograd is registered in C++ (csrc/ops/autograd.cpp, csrc/ops/masked_l
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from . import _arguments as arguments
@@ -63,6 +64,12 @@ class MaskedLinear(torch.nn.Linear):
             state on the weight's device (its backward reuses that call's state) and keeps it in
             the buffer, which is then not saved.
 
+    Under FSDP2 (``fully_shard``) the forward sees the unsharded weight and runs `masked_linear`.
+    Under tensor parallelism (``ColwiseParallel``, ``RowwiseParallel``) the weight is a DTensor:
+    each rank masks its shard as part of the whole weight (the masks are those of one process) and
+    multiplies it with ``F.linear``. Every rank needs the same ``rng_state``: seed the ranks alike,
+    or call ``tinybig_cuda.distributed.broadcast_rng_states`` after init.
+
     Attributes:
         rng_state: the int64 ``[seed, offset]`` buffer the mask is a function of.
     """
@@ -92,6 +99,11 @@ class MaskedLinear(torch.nn.Linear):
             state = self.rng_state
         else:
             state = self.rng_state = _draw_rng_state(self.weight.device)
+        if type(self.weight).__name__ == "DTensor":
+            # Tensor parallelism (ColwiseParallel, RowwiseParallel) holds a DTensor weight: each
+            # rank masks its shard with its place in the whole weight (bernoulli_mask_apply's
+            # DTensor rule), and DTensor's linear does the rest. The masked shard is written out.
+            return F.linear(input, bernoulli_mask_apply(self.weight, self.p, state), self.bias)
         return masked_linear(input, self.weight, self.p, state, self.bias)
 
     def extra_repr(self):
