@@ -2,7 +2,7 @@
 parametrization that masks any parameter.
 
     masked_linear(x, w, p, rng_state, bias)   F.linear(x, bernoulli_mask_apply(w, p, rng_state), bias),
-                                             the masked weight made a cache-sized block at a time
+                                             the masked weight made a block of rows at a time
     MaskedLinear(in_features, out_features)  an nn.Linear on masked_linear
     dropconnect(module, name)                a torch.nn.utils.parametrize parametrization
 
@@ -29,9 +29,10 @@ def masked_linear(x: torch.Tensor, w: torch.Tensor, p: float, rng_state: torch.T
     word ``r * in_features + c`` of `rng_state` is below ``floor(p * 2**32)``, docs/contract.md),
     bit for bit; the values equal F.linear's up to the order of floating-point sums. The masked
     weight is made a block of rows at a time (1 MiB, more at large batches, at most 16 MiB) and
-    multiplied by torch's BLAS into its slice of the output, so no weight-sized tensor is written, and the backward keeps only `x`, `w` itself and
-    the 16-byte `rng_state`: it makes the masked blocks again (``grad_x``), and masks ``grad_y^T x``
-    block by block (``grad_w``). Nothing is rescaled.
+    multiplied by torch's BLAS into its slice of the output, so no weight-sized tensor is written,
+    and the backward keeps only `x`, `w` itself and the 16-byte `rng_state`: it makes the masked
+    blocks again (``grad_x``), and masks ``grad_y^T x`` block by block (``grad_w``). Nothing is
+    rescaled. See docs/dropconnect.md.
 
     Args:
         x: input of shape ``(..., in_features)``, of w's dtype and device.
