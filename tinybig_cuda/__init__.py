@@ -14,6 +14,7 @@
     patch_tinybig()                         make tinyBIG build this package's masking_reconciliation
     import_tinybig()                        import tinyBIG, also on a torch too new for its data loaders
     distributed.broadcast_rng_states        one mask state on every rank (FSDP2); DTensor support
+    masked_linear, MaskedLinear, dropconnect  DropConnect for any model (docs/dropconnect.md)
 """
 
 import sys
@@ -25,6 +26,7 @@ from .compact import bernoulli_mask_compress, bernoulli_mask_count, bernoulli_ma
 from .drop_in import import_tinybig, patch_tinybig
 from .memory import cpu_output_cache_info, empty_cpu_output_cache, set_cpu_output_cache_limit
 from .ops import bernoulli_mask, bernoulli_mask_apply
+from .weight_drop import MaskedLinear, dropconnect, masked_linear
 
 from . import _torch_compat
 
@@ -35,6 +37,7 @@ if "torch.distributed.tensor" in sys.modules and _torch_compat.TORCH_VERSION >= 
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask", "fabrication", "masking_reconciliation", "reference"]
 __all__ += ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress", "empty_compact_cache"]
 __all__ += ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache", "import_tinybig", "patch_tinybig"]
+__all__ += ["masked_linear", "MaskedLinear", "dropconnect"]
 __version__ = "0.1.0"
 op_library_path = _library.OP_LIBRARY_PATH  # for torch.ops.load_library, AOTInductor runners and C++
 

@@ -28,8 +28,8 @@ __all__ = ["broadcast_rng_states", "sharded_bernoulli_mask"]
 
 
 def broadcast_rng_states(module: torch.nn.Module, src: int = 0, group=None) -> int:
-    """Makes every ``masking_reconciliation`` ``rng_state`` in `module`'s tree equal to rank
-    `src`'s, in place, with one collective call.
+    """Makes every ``rng_state`` of a ``masking_reconciliation``, ``MaskedLinear`` or ``dropconnect``
+    parametrization in `module`'s tree equal to rank `src`'s, in place, with one collective call.
 
     FSDP2 (``fully_shard``) does not broadcast buffers, so after a meta-device init the ranks'
     states are whatever ``reset_parameters()`` drew on each: equal only if every rank seeded torch
@@ -44,8 +44,10 @@ def broadcast_rng_states(module: torch.nn.Module, src: int = 0, group=None) -> i
         The number of states broadcast.
     """
     from .modules import masking_reconciliation
+    from .weight_drop import DropConnect, MaskedLinear
 
-    states = [_local(m.rng_state) for m in module.modules() if isinstance(m, masking_reconciliation)]
+    holders = (masking_reconciliation, MaskedLinear, DropConnect)
+    states = [_local(m.rng_state) for m in module.modules() if isinstance(m, holders)]
     if not states:
         return 0
     # One call for the whole tree, on a device the backend can send (NCCL only sends GPU memory).

@@ -13,6 +13,7 @@
 #include <torch/library.h>
 
 #include "ops/autograd.h"
+#include "ops/masked_linear.h"
 
 #include "ops/op_handles.h"
 #include "ops/torch_compat.h"
@@ -221,6 +222,7 @@ TORCH_LIBRARY_IMPL(tinybig_cuda, Autograd, m) {
            return MaskCompress::apply(full, p, rng_state, std::move(kept_count),
                                       std::move(element_offset));
          });
+  m.impl("masked_linear", masked_linear_autograd);
 }
 
 }  // namespace tinybig_cuda

@@ -1,0 +1,132 @@
+"""The 2-process checks of tests/test_dropconnect_distributed.py: run as a script, it spawns 2 gloo
+ranks on this machine, runs every check on both, and rank 0 writes each check's outcome to the
+JSON file named by its argument. Each compares MaskedLinear under tensor parallelism or FSDP2
+with the same module in one process.
+
+    python tests/dropconnect_distributed_checks.py results.json [--timeout 120]
+"""
+
+import argparse
+import copy
+import json
+import os
+import sys
+import traceback
+
+import torch
+import torch.distributed as dist
+from torch.distributed.tensor import init_device_mesh
+from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+import tinybig_cuda
+from tinybig_cuda.distributed import broadcast_rng_states
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
+from gloo_ranks import exit_rank, join_ranks, run_ranks  # noqa: E402  (the examples' launcher)
+
+WORLD_SIZE = 2
+P = 0.45
+IN_FEATURES, OUT_FEATURES = 6, 7  # uneven shards: 3 + 3 columns, 4 + 3 rows
+
+
+def same_bits(a, b):
+    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
+
+
+def one_process_reference(upstream):
+    """The module and its output and weight gradient in one process. The input is the identity, so
+    each output is one product (exact): the output is the masked weight, bit for bit."""
+    torch.manual_seed(0)  # the same module on every rank
+    module = tinybig_cuda.MaskedLinear(IN_FEATURES, OUT_FEATURES, bias=False, p=P)
+    reference = copy.deepcopy(module)
+    x = torch.eye(IN_FEATURES)
+    y = reference(x)
+    y.backward(upstream)
+    return module, x, y.detach(), reference.weight.grad
+
+
+def check_tensor_parallel(style):
+    upstream = torch.randn(IN_FEATURES, OUT_FEATURES, generator=torch.Generator().manual_seed(2))
+    module, x, expected, expected_grad = one_process_reference(upstream)
+    mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+    if style == "colwise":
+        parallel = parallelize_module(module, mesh, ColwiseParallel(use_local_output=False))
+        y = parallel(x)  # a replicated input, an output sharded on its columns
+    else:
+        parallel = parallelize_module(module, mesh, RowwiseParallel(use_local_output=False))
+        rank = dist.get_rank()
+        y = parallel(x[:, rank * 3:(rank + 1) * 3])  # each rank's columns of the input
+    full = y.full_tensor()
+    (full * upstream).sum().backward()
+    return {"forward_bits": same_bits(full, expected),
+            "weight_grad": torch.allclose(parallel.weight.grad.full_tensor(), expected_grad)}
+
+
+def check_fsdp2():
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(tinybig_cuda.MaskedLinear(IN_FEATURES, OUT_FEATURES, p=P), torch.nn.Tanh(),
+                                tinybig_cuda.MaskedLinear(OUT_FEATURES, 3, p=P))
+    reference = copy.deepcopy(model)
+    x = torch.randn(5, IN_FEATURES, generator=torch.Generator().manual_seed(3))
+    expected = reference(x)
+    expected.sum().backward()
+    fully_shard(model[0])
+    fully_shard(model[2])
+    fully_shard(model)
+    y = model(x)
+    y.sum().backward()  # both ranks take the same input: the averaged gradient is the same
+    grads = [(p.grad.full_tensor(), q.grad) for p, q in zip(model.parameters(), reference.parameters())]
+    return {"forward": torch.allclose(y, expected.detach()), "grads": all(torch.allclose(a, b) for a, b in grads)}
+
+
+def check_broadcast_rng_states():
+    torch.manual_seed(100 + dist.get_rank())  # ranks seeded differently: different states
+    model = torch.nn.Sequential(tinybig_cuda.MaskedLinear(2, 2), tinybig_cuda.dropconnect(torch.nn.Linear(2, 2), fixed_mask=True))
+    states = [model[0].rng_state, model[1].parametrizations.weight[0].rng_state]
+    before = [torch.empty(2, 2, dtype=torch.int64) for _ in range(WORLD_SIZE)]
+    dist.all_gather(before, torch.stack(states))
+    count = broadcast_rng_states(model)
+    after = [torch.empty(2, 2, dtype=torch.int64) for _ in range(WORLD_SIZE)]
+    dist.all_gather(after, torch.stack(states))
+    return {"differed_before": not torch.equal(before[0], before[1]), "count": count == 2,
+            "equal_to_rank_0_after": all(torch.equal(state, before[0]) for state in after)}
+
+
+def run_checks():
+    checks = {"colwise": lambda: check_tensor_parallel("colwise"), "rowwise": lambda: check_tensor_parallel("rowwise"),
+              "fsdp2": check_fsdp2, "broadcast_rng_states": check_broadcast_rng_states}
+    results = {}
+    for key, check in checks.items():
+        try:
+            results[key] = check()
+        except Exception:  # recorded, so one broken check does not hide the others
+            results[key] = {"error": traceback.format_exc()}
+    return results
+
+
+def worker(rank, out_path, timeout_s):
+    torch.set_num_threads(1)
+    join_ranks(rank, WORLD_SIZE, timeout_s)
+    try:
+        results = run_checks()
+        if rank == 0:
+            with open(out_path, "w") as out:
+                json.dump(results, out, indent=1)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
+    exit_rank()
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("out")
+    parser.add_argument("--timeout", type=float, default=120.0)
+    args = parser.parse_args()
+    run_ranks(worker, WORLD_SIZE, args.timeout, args.out, args.timeout)
+
+
+if __name__ == "__main__":
+    main()
