@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from . import _arguments as arguments
+from . import _torch_compat as compat
 from .modules import _draw_rng_state
 from .ops import bernoulli_mask_apply
 
@@ -169,7 +170,7 @@ def dropconnect(module, name="weight", p=0.5, fixed_mask=False):
 # ---------------------------------------------------------------- fake kernels
 
 
-@torch.library.register_fake("tinybig_cuda::masked_linear")
+@compat.register_fake("tinybig_cuda::masked_linear")
 def _(x, w, p, rng_state, bias=None):
     # csrc/ops/masked_linear.cpp's checks, in its order.
     op = "tinybig_cuda.masked_linear"
@@ -196,11 +197,11 @@ def _fake_check_like_w(op, argument, tensor, w):
     torch._check_value(tensor.device == w.device, lambda: f"{op}: expected {argument} on w's device {w.device}, but got it on {tensor.device}")
 
 
-@torch.library.register_fake("tinybig_cuda::masked_linear_backward_input")
+@compat.register_fake("tinybig_cuda::masked_linear_backward_input")
 def _(grad_output, w, p, rng_state):
     return grad_output.new_empty((*grad_output.shape[:-1], w.shape[1]))
 
 
-@torch.library.register_fake("tinybig_cuda::masked_linear_backward_weight")
+@compat.register_fake("tinybig_cuda::masked_linear_backward_weight")
 def _(grad_output, x, p, rng_state):
     return x.new_empty((grad_output.shape[-1], x.shape[-1]))

@@ -33,6 +33,7 @@ TORCH_LIBRARY(tinybig_cuda, m) {
   m.def("bernoulli_mask_compress(Tensor full, float p, Tensor rng_state, SymInt kept_count, SymInt element_offset=0) -> Tensor");
   // F.linear(x, bernoulli_mask_apply(w, p, rng_state), bias) without the whole masked weight, and
   // the two products of its backward (ops/masked_linear.cpp).
+  name_fake_kernel_module(m, "tinybig_cuda.weight_drop");
   m.def("masked_linear(Tensor x, Tensor w, float p, Tensor rng_state, Tensor? bias=None) -> Tensor");
   m.def("masked_linear_backward_input(Tensor grad_output, Tensor w, float p, Tensor rng_state) -> Tensor");
   m.def("masked_linear_backward_weight(Tensor grad_output, Tensor x, float p, Tensor rng_state) -> Tensor");

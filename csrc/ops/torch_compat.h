@@ -5,7 +5,7 @@
 #pragma once
 
 #include <c10/core/Allocator.h>
-#include <torch/csrc/autograd/edge.h>
+#include <torch/csrc/autograd/function.h>
 
 #include <cstring>
 
