@@ -549,8 +549,9 @@ _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 def _as_buffer(make):
     """make(), a tensor the module keeps as its rng_state buffer: made outside inference mode, so
     that a first call under torch.inference_mode() does not leave an inference tensor that
-    training can not save for backward nor reset_parameters() write."""
-    if not torch.is_inference_mode_enabled():
+    training can not save for backward nor reset_parameters() write. (torch.compile cannot trace
+    the inference-mode query: there the tensor is made as traced.)"""
+    if _is_compiling() or not torch.is_inference_mode_enabled():
         return make()
     with torch.inference_mode(False):
         return make()
