@@ -195,7 +195,8 @@ def sharded_bernoulli_mask(shape, p, rng_state, element_offset=0, row_length=Non
         raise ValueError(f"{op}: expected row_length=None for a sharded mask (its geometry comes from placements), but got {row_length}")
     shape = tuple(shape)
     _check_placements(op, "the mask", placements, len(shape))
-    placements = tuple(Shard(p.dim % len(shape)) if type(p) is Shard else p for p in placements)
+    # A negative Shard dimension counts from the end, as distribute_tensor takes it.
+    placements = tuple(Shard(pl.dim % len(shape)) if type(pl) is Shard else pl for pl in placements)
     local_shape, (rows, width, offset, window_row_length) = _local_window(op, shape, device_mesh, placements)
     local = torch.ops.tinybig_cuda.bernoulli_mask.default(
         [rows, width], p, _plain_state(op, rng_state), element_offset + offset, window_row_length

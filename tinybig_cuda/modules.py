@@ -115,6 +115,12 @@ class masking_reconciliation(fabrication):
             device, and ``rng_state`` moves with ``.to()`` or to w's device at the first call
             (with ``compact=True``, a CPU state stays on the CPU).
 
+    tinyBIG's forward applies the mask its ``generate_masking_matrix`` makes; this one makes the
+    mask inside the kernel and never calls it, so a subclass that overrides
+    ``generate_masking_matrix`` must override ``forward`` too (else a TypeError where it is
+    defined). A model pickled whole by tinyBIG's own class loads after `patch_tinybig` as this
+    class, keeping and applying a fixed mask tinyBIG had drawn (no ``rng_state`` reproduces it).
+
     Attributes:
         rng_state: the int64 ``[seed, offset]`` buffer the mask is a function of.
         mask_matrix: tinyBIG's attribute: the boolean mask of the last ``(n, D)`` used (by a call
