@@ -116,6 +116,52 @@ def check_broadcast_rng_states():
     }
 
 
+def check_broadcast_rng_states_exact():
+    """Values above 2**53 (which a float64 would round) and at both ends of int64 arrive exact."""
+    model = torch.nn.Sequential(tinybig_cuda.masking_reconciliation(p=0.3), tinybig_cuda.masking_reconciliation(p=0.6))
+    rank0 = torch.tensor([[2**62 + 1, -(2**63)], [2**63 - 1, 2**53 + 1]])
+    with torch.no_grad():
+        for module, state in zip(model, rank0 if dist.get_rank() == 0 else -rank0[:, [1, 0]] + 7):
+            module.rng_state.copy_(state)
+    broadcast_rng_states(model)
+    return {"exact": all(torch.equal(module.rng_state, state) for module, state in zip(model, rank0))}
+
+
+def raises(call, error_type, *texts):
+    """Whether call() raises error_type with a message containing every text."""
+    try:
+        call()
+    except error_type as error:
+        return all(text in str(error) for text in texts)
+    return False
+
+
+def check_refusals(mesh):
+    """What the DTensor rules do not support is refused with an error that names it."""
+    w = distribute_tensor(torch.randn(7, 5), mesh, [Shard(1)])
+    compact = tinybig_cuda.masking_reconciliation(p=P, compact=True)
+    return {
+        "shard_past_the_last_dimension": raises(
+            lambda: tinybig_cuda.bernoulli_mask((7, 5), P, STATE, device_mesh=mesh, placements=[Shard(2)]),
+            ValueError, "bernoulli_mask", "Shard dimensions in [-2, 2)", "Shard(dim=2)",
+        ),
+        "negative_shard_dimension": torch.equal(
+            tinybig_cuda.bernoulli_mask((7, 5), P, STATE, device_mesh=mesh, placements=[Shard(-1)]).full_tensor(),
+            tinybig_cuda.bernoulli_mask((7, 5), P, STATE),
+        ),
+        "compact_module": raises(lambda: compact(w=w, n=7, D=5), NotImplementedError, "forward", "DTensor", "compact=False"),
+        "compress_parameters": raises(
+            lambda: compact.compress_parameters(w.reshape(1, 35), 7, 5), NotImplementedError, "compress_parameters", "DTensor"
+        ),
+        "dtensor_p": raises(
+            lambda: torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(
+                w, distribute_tensor(torch.tensor(0.5, dtype=torch.float64), mesh, [Replicate()]), STATE
+            ),
+            TypeError, "bernoulli_mask_apply: expected p as one float on the CPU", "DTensor",
+        ),
+    }
+
+
 def check_meta_init_reset_parameters():
     """The FSDP2 init: a meta module, to_empty, then reset_parameters on ranks seeded alike."""
     with torch.device("meta"):
@@ -153,6 +199,8 @@ def run_checks():
     checks["fresh-mask module shard1 7x5"] = lambda: check_fresh_mask_module(one_d, [Shard(1)], (7, 5))
     checks["broadcast_rng_states"] = check_broadcast_rng_states
     checks["meta init + reset_parameters"] = check_meta_init_reset_parameters
+    checks["broadcast_rng_states exact"] = check_broadcast_rng_states_exact
+    checks["refusals"] = lambda: check_refusals(one_d)
 
     results = {}
     for key, check in checks.items():

@@ -369,6 +369,20 @@ def test_compact_module_leaves_a_cpu_state_on_the_cpu():
     assert module.rng_state.device.type == "cpu"
 
 
+@pytest.mark.parametrize("p, n, D", [(1e-12, 3, 4), (0.5, 0, 4), (0.5, 3, 0)], ids=["nothing kept", "n=0", "D=0"])
+@pytest.mark.parametrize("rows", [(2,), (), (0,)], ids=["2 rows", "1-D", "no rows"])
+def test_conversions_of_a_mask_that_keeps_nothing_or_of_no_matrix(p, n, D, rows):
+    """K = 0 (a tiny p) or n*D = 0: every shape is known from the arguments, so nothing is ambiguous."""
+    module = masking_reconciliation(p=p, compact=True)
+    assert module.calculate_l(n, D) == 0
+    full = random_values(rows + (n * D,), torch.float32)
+    compact = module.compress_parameters(full, n, D)
+    assert compact.shape == rows + (0,)
+    expanded = module.expand_parameters(compact, n, D)
+    assert_bitwise_equal(expanded, torch.zeros(rows + (n * D,)))
+    assert_bitwise_equal(module(n, D, compact.reshape(-1)), torch.zeros(n, D))
+
+
 def test_compact_requires_a_fixed_mask():
     with pytest.raises(ValueError, match=error_pattern("fixed_mask", "True", "False")):
         masking_reconciliation(p=0.5, fixed_mask=False, compact=True)

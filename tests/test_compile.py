@@ -243,3 +243,12 @@ def test_p_as_data_is_checked_by_the_kernel():
         torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(torch.ones(3), torch.tensor(1.5, dtype=torch.float64), state)
     with pytest.raises(ValueError, match="expected p as one float on the CPU"):
         torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(torch.ones(3), torch.tensor([0.5, 0.5]), state)
+
+
+def test_bad_p_under_fullgraph_raises_the_named_error():
+    # p goes into the graph as data and the kernel refuses it when the graph runs: the op's own
+    # ValueError, not dynamo's Unsupported for an exception raised while tracing.
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda w, state: tinybig_cuda.bernoulli_mask_apply(w, 1.5, state), backend="aot_eager", fullgraph=True)
+    with pytest.raises(ValueError, match="bernoulli_mask_apply: expected p, the keep probability, in \\[0, 1\\], but got 1.5"):
+        compiled(torch.ones(3), make_state(1, 2))

@@ -10,7 +10,10 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 import torch.distributed as dist
+
+import tinybig_cuda
 
 from conftest import requires_dtensor
 
@@ -90,6 +93,27 @@ def test_fresh_mask_module_on_a_dtensor_weight_with_ranks_seeded_alike(results):
 
 def test_broadcast_rng_states_gives_every_rank_rank_0s_states(results):
     assert_check(results, "broadcast_rng_states", "differed_before", "count", "equal_to_rank_0_after")
+
+
+def test_broadcast_rng_states_keeps_every_state_exact(results):
+    assert_check(results, "broadcast_rng_states exact", "exact")
+
+
+@pytest.mark.parametrize("bad_state, error", [(torch.tensor([1.0, 2.0]), TypeError), (torch.tensor([1, 2, 3]), ValueError)], ids=["float32", "shape [3]"])
+def test_broadcast_rng_states_refuses_a_state_that_is_not_int64_2(bad_state, error):
+    """Stacked with int64 states, a float state would turn them all into floats (an int64 above
+    2**53 would change): refused on every rank before any communication, so no process group is
+    needed to see it."""
+    from tinybig_cuda.distributed import broadcast_rng_states
+
+    model = torch.nn.Sequential(tinybig_cuda.masking_reconciliation(), tinybig_cuda.masking_reconciliation())
+    model[1].rng_state = bad_state
+    with pytest.raises(error, match=r"broadcast_rng_states: expected 1\.rng_state to (be an int64 tensor|have shape \[2\])"):
+        broadcast_rng_states(model)
+
+
+def test_what_the_dtensor_rules_do_not_support_is_refused_by_name(results):
+    assert_check(results, "refusals", "shard_past_the_last_dimension", "negative_shard_dimension", "compact_module", "compress_parameters", "dtensor_p")
 
 
 def test_meta_device_init_then_reset_parameters_agrees_across_ranks(results):

@@ -77,9 +77,12 @@ def test_placements_that_are_no_box_are_refused():
 
     from tinybig_cuda.distributed import _check_placements
 
-    _check_placements("op", "w", [Shard(0), Replicate(), Partial()])
+    _check_placements("op", "w", [Shard(0), Replicate(), Partial(), Shard(-2)], 2)
     with pytest.raises(NotImplementedError, match="expected w placed with Shard, Replicate or Partial"):
-        _check_placements("op", "w", [_StridedShard(0, split_factor=2)])
+        _check_placements("op", "w", [_StridedShard(0, split_factor=2)], 2)
+    for past in (Shard(2), Shard(-3)):  # past a 2-D tensor's dimensions (compute_local_shape_and_global_offset: IndexError)
+        with pytest.raises(ValueError, match=r"expected w's Shard dimensions in \[-2, 2\) \(it has 2 dimensions\), but got Shard"):
+            _check_placements("op", "w", [Replicate(), past], 2)
 
 
 @pytest.mark.slow  # fresh interpreters that import DTensor

@@ -300,9 +300,23 @@ def test_row_length_is_checked_and_named():
         tinybig_cuda.bernoulli_mask((3, 4), 0.5, state, 0, row_length=-1)
     with pytest.raises(TypeError, match=error_pattern("row_length", "int", re.escape("4.0"))):
         tinybig_cuda.bernoulli_mask_apply(w, 0.5, state, 0, row_length=4.0)
+    # Also for an empty tensor, as every other argument (the rule is the same; the row is 5 wide).
+    with pytest.raises(ValueError, match=error_pattern("row_length", ">= 5", "-3")):
+        tinybig_cuda.bernoulli_mask_apply(torch.ones(0, 5), 0.5, state, 0, row_length=-3)
+    with pytest.raises(ValueError, match=error_pattern("row_length", ">= 5", "-3")):
+        tinybig_cuda.bernoulli_mask((0, 5), 0.5, state, 0, row_length=-3)
     # An offset within int64 whose window's last row is not: refused, not wrapped around.
     with pytest.raises(ValueError, match=error_pattern("element_offset", r"2\*\*63", str(2**63 - 20))):
         tinybig_cuda.bernoulli_mask_apply(w, 0.5, state, 2**63 - 20, row_length=10)
+
+
+def test_p_as_data_that_requires_grad_is_refused():
+    # The mask is a step function of p: a gradient could never reach it, so p.grad would stay None.
+    p = torch.tensor(0.5, dtype=torch.float64, requires_grad=True)
+    with pytest.raises(ValueError, match=error_pattern("p", "not to require grad", "requires grad")):
+        torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(torch.ones(3), p, make_state(1, 2))
+    out = torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(torch.ones(3), p.detach(), make_state(1, 2))
+    assert out.shape == (3,)
 
 
 def test_counts_and_shapes_follow_the_policy():
@@ -337,11 +351,14 @@ FAKE_AND_REAL_CASES = {
     "apply offset past int64": (OPS.bernoulli_mask_apply, (torch.ones(3), 0.5, STATE, 2**63 - 1)),
     "apply window ok": (OPS.bernoulli_mask_apply, (torch.ones(3, 4), 0.5, STATE, 5, 10)),
     "apply rows overlap": (OPS.bernoulli_mask_apply, (torch.ones(3, 4), 0.5, STATE, 0, 3)),
+    "apply empty rows overlap": (OPS.bernoulli_mask_apply, (torch.ones(0, 5), 0.5, STATE, 0, -3)),
+    "apply empty window ok": (OPS.bernoulli_mask_apply, (torch.ones(4, 0), 0.5, STATE, 0, 0)),
     "apply window past int64": (OPS.bernoulli_mask_apply, (torch.ones(3, 4), 0.5, STATE, 0, 2**62)),
     "apply window offset past int64": (OPS.bernoulli_mask_apply, (torch.ones(3, 4), 0.5, STATE, 2**63 - 20, 10)),
     "mask ok": (OPS.bernoulli_mask, ([2, 0, 2**62], 0.5, STATE, 0)),
     "mask window ok": (OPS.bernoulli_mask, ([2, 3], 0.5, STATE, 7, 3)),
     "mask rows overlap": (OPS.bernoulli_mask, ([2, 3], 0.5, STATE, 0, 2)),
+    "mask empty rows overlap": (OPS.bernoulli_mask, ([0, 5], 0.5, STATE, 0, 4)),
     "mask negative size": (OPS.bernoulli_mask, ([3, -1], 0.5, STATE, 0)),
     "mask 2**63 elements": (OPS.bernoulli_mask, ([2**32, 2**31], 0.5, STATE, 0)),
     "mask offset past int64": (OPS.bernoulli_mask, ([10], 0.5, STATE, 2**63 - 5)),

@@ -280,14 +280,101 @@ def test_to_moves_the_state_and_keeps_the_mask():
     assert_bitwise_equal(module(w=w.cuda(), n=N, D=D, device="cuda").cpu(), expected)
 
 
+def _sizes(path):
+    """n = 3 for the module's eager call, or as a NumPy integer, which takes the checked Python path."""
+    return 3 if path == "eager" else np.int64(3)
+
+
+@pytest.mark.parametrize("path", ["eager", "checked"])
+@pytest.mark.parametrize("fixed_mask", [True, False], ids=["fixed", "fresh"])
+def test_a_meta_call_leaves_the_state_alone(path, fixed_mask):
+    """Shape inference (a meta w) must not replace the state with a meta tensor, which holds no data:
+    the next real call would fail, and a fixed mask would be lost."""
+    module = masking_reconciliation(p=0.5, fixed_mask=fixed_mask)
+    w = random_values((1, 12), torch.float32)
+    first = module(3, 4, w)
+    state = module.rng_state.clone()
+    out = module(_sizes(path), 4, torch.empty(1, 12, device="meta"))
+    assert out.shape == (3, 4) and out.is_meta
+    assert module.rng_state.device.type == "cpu" and torch.equal(module.rng_state, state)
+    assert torch.equal(module.mask_matrix, reference.bernoulli_mask((3, 4), 0.5, state))
+    if fixed_mask:
+        assert_bitwise_equal(module(3, 4, w), first)
+    else:
+        module(3, 4, w)
+    module.reset_parameters()
+
+
+@pytest.mark.parametrize("path", ["eager", "checked"])
+def test_a_fresh_mask_call_under_inference_mode_leaves_a_writable_state(path):
+    """The fresh state a call keeps is not an inference tensor, which reset_parameters() could not
+    write, nor training save for backward."""
+    module = masking_reconciliation(p=0.5, fixed_mask=False)
+    with torch.inference_mode():
+        out = module(_sizes(path), 4, random_values((1, 12), torch.float32))
+    assert not module.rng_state.is_inference()
+    assert torch.equal(out != 0, reference.bernoulli_mask((3, 4), 0.5, module.rng_state))
+    module.reset_parameters()
+
+
+@pytest.mark.skipif(not CUDA_AVAILABLE, reason="no CUDA device")
 @pytest.mark.parametrize("path", ["eager", "checked"])
 def test_a_first_call_under_inference_mode_leaves_a_trainable_state(path):
     """The fixed state moved to w's device at the first call becomes the module's buffer: not an
     inference tensor, which training could not save for backward nor reset_parameters write."""
     module = masking_reconciliation(p=0.5)
-    n = 3 if path == "eager" else np.int64(3)  # a NumPy size takes the checked Python path
     with torch.inference_mode():
-        module(n, 4, torch.empty(1, 12, device="meta"))
-    assert module.rng_state.device.type == "meta" and not module.rng_state.is_inference()
-    module(n, 4, torch.empty(1, 12, device="meta", requires_grad=True))
+        module(_sizes(path), 4, torch.ones(1, 12, device="cuda"))
+    assert module.rng_state.device.type == "cuda" and not module.rng_state.is_inference()
+    module(_sizes(path), 4, torch.ones(1, 12, device="cuda", requires_grad=True)).sum().backward()
     module.reset_parameters()
+
+
+@pytest.mark.parametrize("fixed_mask", [True, False], ids=["fixed", "fresh"])
+def test_fake_tensor_mode_constructs_calls_and_resets(fixed_mask):
+    """As nn.Linear does (export and meta-init flows construct modules under FakeTensorMode)."""
+    from torch._subclasses.fake_tensor import FakeTensor, FakeTensorMode
+
+    with FakeTensorMode():
+        module = masking_reconciliation(p=0.5, fixed_mask=fixed_mask)
+        assert isinstance(module.rng_state, FakeTensor)
+        assert module.rng_state.dtype == torch.int64 and module.rng_state.shape == (2,)
+        module.reset_parameters()
+        out = module(w=torch.empty(1, 12), n=3, D=4)
+        assert isinstance(out, FakeTensor) and out.shape == (3, 4)
+
+
+def test_a_subclass_overriding_generate_masking_matrix_alone_is_refused():
+    """tinyBIG's forward applies the mask generate_masking_matrix makes; this one's never calls it,
+    so the override would be silently ignored: refused where the subclass is defined."""
+    with pytest.raises(TypeError, match="banded: overrides generate_masking_matrix.*override forward as well"):
+
+        class banded(masking_reconciliation):
+            def generate_masking_matrix(self, n, D, device="cpu"):
+                return torch.ones(n, D, dtype=torch.bool).triu()
+
+    class banded_with_forward(masking_reconciliation):  # a forward of its own decides what it calls
+        def generate_masking_matrix(self, n, D, device="cpu"):
+            return torch.ones(n, D, dtype=torch.bool).triu()
+
+        def forward(self, n, D, w, device=None, *args, **kwargs):
+            return torch.where(self.generate_masking_matrix(n, D), w.view(n, D), 0.0)
+
+    assert torch.equal(banded_with_forward()(2, 2, torch.ones(4)), torch.tensor([[1.0, 1.0], [0.0, 1.0]]))
+
+    class renamed(masking_reconciliation):  # other overrides are fine
+        def extra_repr(self):
+            return "renamed"
+
+    assert renamed()(2, 2, torch.ones(4)).shape == (2, 2)
+
+
+@pytest.mark.parametrize("bad_state", [torch.tensor([3.0, 5.0], dtype=torch.float64), torch.tensor([3, 5], dtype=torch.int32)], ids=["float64", "int32"])
+def test_load_state_dict_refuses_a_state_that_is_not_int64(bad_state):
+    """copy_ would convert it (and a float64 one loses integers above 2**53): refused, the module's
+    own state kept."""
+    module = masking_reconciliation(p=0.5)
+    before = module.rng_state.clone()
+    with pytest.raises(RuntimeError, match=r"expected rng_state to be an int64 tensor of shape \[2\].*but got dtype " + str(bad_state.dtype)):
+        module.load_state_dict({"rng_state": bad_state})
+    assert module.rng_state.dtype == torch.int64 and torch.equal(module.rng_state, before)

@@ -67,6 +67,19 @@ def test_a_live_output_is_never_handed_out_twice():
         assert_bitwise_equal(out, reference.bernoulli_mask_apply(torch.ones(SMALL_BLOCK), 0.5, make_state(seed, 0)))
 
 
+def test_a_freed_block_is_handed_to_one_of_two_live_outputs_only():
+    """One cached block and two outputs of its size alive at once: the second must get memory of
+    its own, not the block the first already holds."""
+    masked(SMALL_BLOCK, seed=9)  # made and freed at once: its block is cached
+    assert info()["cached_blocks"] == 1
+    first, second = masked(SMALL_BLOCK, seed=1), masked(SMALL_BLOCK, seed=2)
+    assert info()["cached_blocks"] == 0
+    ranges = sorted((out.data_ptr(), out.data_ptr() + out.numel() * out.element_size()) for out in (first, second))
+    assert ranges[0][1] <= ranges[1][0], "two live outputs share memory"
+    for seed, out in ((1, first), (2, second)):
+        assert_bitwise_equal(out, reference.bernoulli_mask_apply(torch.ones(SMALL_BLOCK), 0.5, make_state(seed, 0)))
+
+
 @pytest.mark.slow  # many 8 MiB-and-larger outputs
 def test_every_cpu_op_output_is_cached_and_exact():
     """Each op, run again on its freed output filled with garbage, gives the bits of the

@@ -4,7 +4,9 @@ and, where tinyBIG is installed, inside tinyBIG itself: its config mechanism, it
 checkpoints and patch_tinybig()."""
 
 import importlib
+import io
 import os
+import re
 import subprocess
 import sys
 
@@ -83,14 +85,15 @@ def test_construction_touches_no_device():
     assert torch.equal(module(w=w, n=3, D=4, device="cpu"), bernoulli_mask_apply(w.view(3, 4), 0.5, module.rng_state))
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_state_moves_to_ws_device_at_the_first_call():
-    """The state is made on the CPU and follows w (here to the meta device, the one other device
-    every machine has), for good, at the first call there."""
-    module = masking_reconciliation(p=0.5, device="meta")
+    """The state is made on the CPU and follows w, for good, at the first call on its device (but
+    not to the meta device: tests/test_modules.py, a meta call leaves the state alone)."""
+    module = masking_reconciliation(p=0.5, device="cuda")
     assert module.rng_state.device.type == "cpu"
-    out = module(w=torch.empty(1, 12, device="meta"), n=3, D=4, device="meta")
-    assert out.shape == (3, 4) and out.device.type == "meta"
-    assert module.rng_state.device.type == "meta"
+    out = module(w=torch.empty(1, 12, device="cuda"), n=3, D=4, device="cuda")
+    assert out.shape == (3, 4) and out.device.type == "cuda"
+    assert module.rng_state.device.type == "cuda"
 
 
 def test_checkpoint_without_rng_state_loads_strictly_and_keeps_the_mask():
@@ -353,3 +356,74 @@ def test_import_tinybig_and_patch_in_a_fresh_process(tinybig, tmp_path):
     assert (whole, warned) in {("True", "0"), ("False", "1")}
     if os.environ.get("TINYBIG_EXPECT_TINYBIG") == "whole":
         assert whole == "True"
+
+
+def _patched(tinybig, monkeypatch):
+    from tinybig.reconciliation import basic_reconciliation
+
+    for module in (tinybig.reconciliation, basic_reconciliation):  # restored after the test
+        monkeypatch.setattr(module, "masking_reconciliation", module.masking_reconciliation)
+    tinybig_cuda.patch_tinybig()
+
+
+def _pickled(model):
+    buffer = io.BytesIO()
+    torch.save(model, buffer)
+    buffer.seek(0)
+    return buffer
+
+
+def test_a_model_pickled_by_tinybig_keeps_its_fixed_mask_after_patch_tinybig(tinybig, monkeypatch):
+    """torch.save(model) pickles tinyBIG's class by name, which patch_tinybig() makes ours. Its
+    fixed mask came from torch.rand, which no rng_state reproduces: the module keeps and applies it,
+    so the loaded model computes what the saved one did, and trains."""
+    torch.manual_seed(2)
+    theirs = make_head(THEIRS, channel_num=2)
+    x = torch.randn(16, 4)
+    expected = theirs(x, device="cpu").detach()
+    mask = theirs.parameter_fabrication.mask_matrix.clone()
+    pickled = _pickled(theirs).getvalue()
+    _patched(tinybig, monkeypatch)
+    head = torch.load(io.BytesIO(pickled), weights_only=False)
+    fabrication = head.parameter_fabrication
+    assert isinstance(fabrication, masking_reconciliation) and "pickled tinyBIG mask" in repr(fabrication)
+    assert torch.equal(fabrication.mask_matrix, mask) and torch.equal(fabrication.generate_masking_matrix(3, mask.shape[1]), mask)
+    out = head(x, device="cpu")
+    assert torch.equal(out, expected)
+    out.square().sum().backward()
+    assert not head.w.grad[:, ~mask.reshape(-1)].any() and head.w.grad[:, mask.reshape(-1)].any()
+    # Saved again (whole, or its state_dict into another such module), the mask is still there.
+    again = torch.load(_pickled(head), weights_only=False)
+    assert torch.equal(again(x, device="cpu"), out)
+    other = torch.load(io.BytesIO(pickled), weights_only=False)
+    other.parameter_fabrication.tinybig_mask.zero_()
+    other.load_state_dict(head.state_dict())
+    assert torch.equal(other.parameter_fabrication.mask_matrix, mask)
+    with pytest.raises(ValueError, match=error_pattern("n, D", re.escape(str(tuple(mask.shape))), re.escape("(2, 5)"))):
+        fabrication(w=torch.ones(10), n=2, D=5)
+    with pytest.raises(NotImplementedError, match="compress_parameters.*pickled tinyBIG mask.*reset_parameters"):
+        fabrication.compress_parameters(head.w, 3, mask.shape[1])
+    # reset_parameters() draws a Philox mask: a plain module from then on.
+    fabrication.reset_parameters()
+    assert type(fabrication) is masking_reconciliation and "tinybig_mask" not in fabrication.state_dict()
+    head(x, device="cpu")
+    assert torch.equal(fabrication.mask_matrix, bernoulli_mask(mask.shape, 0.5, fabrication.rng_state))
+
+
+@pytest.mark.parametrize("fixed_mask, called", [(True, False), (False, True)], ids=["fixed, never called", "fresh"])
+def test_a_model_pickled_by_tinybig_without_a_fixed_mask_loads_as_ours(tinybig, monkeypatch, fixed_mask, called):
+    # No mask to keep: tinyBIG would draw one at the next call, and so does this module (from rng_state).
+    theirs = make_head(THEIRS, fixed_mask=fixed_mask)
+    x = torch.randn(8, 4)
+    if called:
+        theirs(x, device="cpu")
+    buffer = _pickled(theirs)
+    _patched(tinybig, monkeypatch)
+    head = torch.load(buffer, weights_only=False)
+    fabrication = head.parameter_fabrication
+    assert type(fabrication) is masking_reconciliation and fabrication.fixed_mask is fixed_mask and fabrication.p == 0.5
+    assert ("rng_state" in fabrication.state_dict()) is fixed_mask
+    out = head(x, device="cpu")
+    out.sum().backward()
+    assert torch.equal(head.w.grad[0].view(3, -1) != 0, fabrication.mask_matrix & (head.w.grad[0].view(3, -1) != 0))
+    assert torch.equal(torch.load(_pickled(head), weights_only=False).parameter_fabrication.rng_state, fabrication.rng_state)

@@ -31,16 +31,16 @@ MASKABLE_DTYPE_NAMES = ", ".join(_NAMES[:-1]) + " or " + _NAMES[-1]
 # ---------------------------------------------------------------- Python values
 
 
-def keep_probability(op, p):
+def keep_probability(op, p, check_range=True):
     """p as a float in [0, 1]; a bool or non-number is a TypeError, anything else outside [0, 1]
-    (NaN included) a ValueError."""
+    (NaN included) a ValueError (unless check_range is False: the kernel checks it then)."""
     if type(p) is not float:
         if isinstance(p, torch.SymFloat):  # traced by torch.compile: the kernels check it
             return p
         if isinstance(p, bool) or not isinstance(p, numbers.Real):
             raise TypeError(f"{op}: expected p, the keep probability, to be a float in [0, 1], but got {p!r} of type {type(p).__name__}")
         p = float(p)
-    if not 0.0 <= p <= 1.0:
+    if check_range and not 0.0 <= p <= 1.0:
         raise ValueError(f"{op}: expected p, the keep probability, in [0, 1], but got {p!r}")
     return p
 
@@ -122,12 +122,13 @@ def fake_check_element_offset(op, element_offset, numel):
 def fake_check_window(op, element_offset, row_length, shape, numel):
     """element_offset and row_length of a tensor of `shape` (csrc/ops/masking.cpp's checked_window)."""
     extent = numel
-    if row_length is not None and numel > 0:
+    if row_length is not None:  # checked for an empty tensor too
         width = shape[-1] if len(shape) > 0 else 1
         torch._check_value(
             row_length >= width,
             lambda: f"{op}: expected row_length >= {width} (the width of a row, the last dimension: rows of a window cannot overlap), but got {row_length}",
         )
+    if row_length is not None and numel > 0:
         rows = numel // width
         torch._check_value(
             rows - 1 <= (INT64_MAX - width) // row_length,

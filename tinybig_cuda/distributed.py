@@ -42,15 +42,24 @@ def broadcast_rng_states(module: torch.nn.Module, src: int = 0, group=None) -> i
 
     Returns:
         The number of states broadcast.
+
+    Raises:
+        TypeError, ValueError: a state is not an int64 tensor of shape [2] (checked on every rank
+            before any communication, so a refused state stops every rank alike); it is refused
+            rather than converted, which would change its mask.
     """
     from .modules import masking_reconciliation
     from .weight_drop import DropConnect, MaskedLinear
 
     holders = (masking_reconciliation, MaskedLinear, DropConnect)
-    states = [_local(m.rng_state) for m in module.modules() if isinstance(m, holders)]
+    states = []
+    for name, submodule in module.named_modules():
+        if isinstance(submodule, holders):
+            states.append(_checked_state(f"{name}.rng_state" if name else "rng_state", _local(submodule.rng_state)))
     if not states:
         return 0
-    # One call for the whole tree, on a device the backend can send (NCCL only sends GPU memory).
+    # One call for the whole tree, on a device the backend can send (NCCL only sends GPU memory):
+    # int64 states stacked stay int64, so every value, above 2**53 too, arrives exact.
     backend = str(dist.get_backend(group))
     device = torch.device("cuda", torch.cuda.current_device()) if "nccl" in backend else torch.device("cpu")
     packed = torch.stack([state.detach().to(device) for state in states])
@@ -65,16 +74,30 @@ def _local(tensor):
     return tensor.to_local() if isinstance(tensor, DTensor) else tensor
 
 
+def _checked_state(name, state):
+    op = "broadcast_rng_states"
+    if not isinstance(state, torch.Tensor) or state.dtype != torch.int64:
+        got = f"dtype {state.dtype}" if isinstance(state, torch.Tensor) else type(state).__name__
+        raise TypeError(f"{op}: expected {name} to be an int64 tensor [seed, offset], but got {got}")
+    if state.shape != (2,):
+        raise ValueError(f"{op}: expected {name} to have shape [2] ([seed, offset]), but got shape {list(state.shape)}")
+    return state
+
+
 # ---------------------------------------------------------------- where a shard lies
 
 
-def _check_placements(op, what, placements):
+def _check_placements(op, what, placements, ndim):
     for placement in placements:
         # _StridedShard (FSDP2 over tensor parallelism) subclasses Shard but is no box of the
         # global tensor; Partial commutes with masking (the mask selects before any reduction).
         if not (type(placement) is Shard or isinstance(placement, (Replicate, Partial))):
             raise NotImplementedError(
                 f"{op}: expected {what} placed with Shard, Replicate or Partial, but got {placement!r}"
+            )
+        if type(placement) is Shard and not -ndim <= placement.dim < ndim:
+            raise ValueError(
+                f"{op}: expected {what}'s Shard dimensions in [{-ndim}, {ndim}) (it has {ndim} dimensions), but got {placement!r}"
             )
 
 
@@ -135,8 +158,10 @@ _APPLY_ARGUMENTS = ("w", "p", "rng_state", "element_offset", "row_length")
 def _mask_apply_rule(_dtensor_class, op, _types, args, kwargs):
     """bernoulli_mask_apply (and its tensor-p form) on a DTensor w: each rank masks its shard
     with the shard's window; the backward comes here too, with the gradient as w."""
-    name = f"tinybig_cuda.{op._schema.name.split('::')[1]}"
+    name = "tinybig_cuda.bernoulli_mask_apply"  # as the kernels name both forms
     bound = {"element_offset": 0, "row_length": None, **dict(zip(_APPLY_ARGUMENTS, args)), **kwargs}
+    if isinstance(bound["p"], DTensor):
+        raise TypeError(f"{name}: expected p as one float on the CPU (a plain tensor), but got a DTensor")
     w, rng_state = bound["w"], _plain_state(name, bound["rng_state"])
     if not isinstance(w, DTensor):
         raise TypeError(f"{name}: expected w to be a DTensor when rng_state is one, but got {type(w).__name__}")
@@ -145,7 +170,7 @@ def _mask_apply_rule(_dtensor_class, op, _types, args, kwargs):
             f"{name}: expected row_length=None for a DTensor w (each shard's geometry comes from its placements), "
             f"but got {bound['row_length']}"
         )
-    _check_placements(name, "w", w.placements)
+    _check_placements(name, "w", w.placements, w.ndim)
     local_shape, (rows, width, offset, row_length) = _local_window(name, w.shape, w.device_mesh, w.placements)
     local = w.to_local()
     masked = op(local.reshape(rows, width), bound["p"], rng_state, bound["element_offset"] + offset, row_length)
@@ -174,8 +199,10 @@ def sharded_bernoulli_mask(shape, p, rng_state, element_offset=0, row_length=Non
         raise ValueError(f"{op}: expected one placement per mesh dimension ({device_mesh.ndim}), but got {placements}")
     if row_length is not None:
         raise ValueError(f"{op}: expected row_length=None for a sharded mask (its geometry comes from placements), but got {row_length}")
-    _check_placements(op, "the mask", placements)
     shape = tuple(shape)
+    _check_placements(op, "the mask", placements, len(shape))
+    # A negative Shard dimension counts from the end, as distribute_tensor takes it.
+    placements = tuple(Shard(pl.dim % len(shape)) if type(pl) is Shard else pl for pl in placements)
     local_shape, (rows, width, offset, window_row_length) = _local_window(op, shape, device_mesh, placements)
     local = torch.ops.tinybig_cuda.bernoulli_mask.default(
         [rows, width], p, _plain_state(op, rng_state), element_offset + offset, window_row_length

@@ -1,5 +1,6 @@
 """tinyBIG's parameter fabrication base class and its masking reconciliation, on the fused op."""
 
+import math
 import sys
 import warnings
 from abc import ABC, abstractmethod
@@ -75,11 +76,16 @@ def _check_size(argument, value):
 def _draw_rng_state(device):
     """A fresh [seed, offset] from torch's generator for `device`, covering all 64 bits of each, made
     on the device itself (a CUDA state costs no host sync). Eager: two draws of the generator in C++
-    (masked_fabrication draws the same way). Compiled: torch.randint, which the compiler
-    traces into the graph and makes with its own generator."""
-    if compat.is_compiling():
+    (masked_fabrication draws the same way). Compiled, or under FakeTensorMode (which has no data
+    to write the draws into, as for nn.Linear's init there): torch.randint, which the compiler traces
+    into the graph and makes with its own generator."""
+    if compat.is_compiling() or _fake_mode_active():
         return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
     return _C.draw_rng_state(torch.device(device))
+
+
+def _fake_mode_active():
+    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
 
 
 class masking_reconciliation(fabrication):
@@ -110,6 +116,12 @@ class masking_reconciliation(fabrication):
             device, and ``rng_state`` moves with ``.to()`` or to w's device at the first call
             (with ``compact=True``, a CPU state stays on the CPU).
 
+    tinyBIG's forward applies the mask its ``generate_masking_matrix`` makes; this one makes the
+    mask inside the kernel and never calls it, so a subclass that overrides
+    ``generate_masking_matrix`` must override ``forward`` too (else a TypeError where it is
+    defined). A model pickled whole by tinyBIG's own class loads after `patch_tinybig` as this
+    class, keeping and applying a fixed mask tinyBIG had drawn (no ``rng_state`` reproduces it).
+
     Attributes:
         rng_state: the int64 ``[seed, offset]`` buffer the mask is a function of.
         mask_matrix: tinyBIG's attribute: the boolean mask of the last ``(n, D)`` used (by a call
@@ -136,6 +148,28 @@ class masking_reconciliation(fabrication):
         else:
             state = _draw_rng_state("cpu")
         self.register_buffer("rng_state", state, persistent=self.fixed_mask)
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # tinyBIG's forward calls generate_masking_matrix and applies the mask_matrix it sets. This
+        # forward makes the mask inside the kernel and never calls it: an override alone would be
+        # silently ignored.
+        overrides_generation = cls.generate_masking_matrix is not masking_reconciliation.generate_masking_matrix
+        if overrides_generation and cls.forward is masking_reconciliation.forward:
+            raise TypeError(
+                f"{cls.__qualname__}: overrides generate_masking_matrix, which masking_reconciliation's forward never "
+                "calls (its mask is made inside the kernel from rng_state and p). To fabricate with a mask of your own, "
+                "override forward as well (for example torch.where(mask, w.view(n, D), 0.0)), or subclass tinyBIG's "
+                "masking_reconciliation; to change this mask, call reset_parameters() or write a new int64 "
+                "[seed, offset] into rng_state"
+            )
+
+    def __setstate__(self, state):
+        if "_p" not in state:  # pickled by tinyBIG's own class, whose name patch_tinybig() made ours
+            state = _state_of_tinybig_pickle(state)
+        super().__setstate__(state)
+        if "tinybig_mask" in self._buffers:
+            self.__class__ = _tinybig_mask_reconciliation
 
     @property
     def p(self):
@@ -249,7 +283,10 @@ class masking_reconciliation(fabrication):
             state = self._buffers["rng_state"] if self.fixed_mask else None
             matrix, used = _C.masked_fabrication(w, n, D, self._p, state)
             if used is not state:
-                self._buffers["rng_state"] = used
+                if not used.is_meta:
+                    self._buffers["rng_state"] = used
+                elif not self.fixed_mask:  # shape inference: its state is this call's only, so is its mask
+                    return matrix
             self.__dict__["_mask_matrix_of"] = (n, D, None)  # once the call succeeded
             return matrix
         return self._checked_forward(n, D, w, device)
@@ -262,6 +299,7 @@ class masking_reconciliation(fabrication):
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"masking_reconciliation: expected w to be a torch.Tensor, but got {type(w).__name__}")
         if self.compact:
+            _refuse_dtensor("forward", w)
             self._check_device(w, device)
             arguments.check_maskable_dtype("masking_reconciliation", "w", w)  # the op would call it `values`
             state = self._compact_ops_state(w.device)
@@ -279,16 +317,21 @@ class masking_reconciliation(fabrication):
         if self.fixed_mask:
             masked = bernoulli_mask_apply(w.reshape(n, D), self.p, self._state_on(w.device))
         else:
-            state = _draw_rng_state(w.device)
+            state = _as_buffer(lambda: _draw_rng_state(w.device))
             masked = bernoulli_mask_apply(w.reshape(n, D), self.p, state)
+            if w.is_meta:  # shape inference: its state is this call's only, so is its mask
+                return masked
             self.rng_state = state  # kept, once the call succeeded, so generate_masking_matrix can show it
         self._mask_matrix_of = (n, D, None)  # once the call succeeded
         return masked
 
     def _state_on(self, device):
-        """The fixed state on `device`, moved there for good at the first call on it."""
+        """The fixed state on `device`, moved there for good at the first call on it; for a meta
+        device (shape inference), a meta copy for that call only, so the state keeps its data."""
         state = self._buffers["rng_state"]
         if state.device != device:
+            if device.type == "meta":
+                return state.to(device)
             state = self._buffers["rng_state"] = _as_buffer(lambda: state.to(device))
         return state
 
@@ -357,9 +400,10 @@ class masking_reconciliation(fabrication):
         self._check_fixed_mask("compress_parameters")
         if w.dim() == 0 or w.shape[-1] != n * D:
             raise ValueError(f"masking_reconciliation: expected w of shape (..., n*D) = (..., {n * D}), but got shape {tuple(w.shape)}")
+        _refuse_dtensor("compress_parameters", w)
         state = self._compact_ops_state(w.device)
         kept = self._kept_count(n, D, state)
-        rows = [bernoulli_mask_compress(row, self.p, state, kept) for row in w.reshape(-1, n * D)]
+        rows = [bernoulli_mask_compress(row, self.p, state, kept) for row in _rows(w, n * D)]
         return _stack_rows(rows, w, kept)
 
     def expand_parameters(self, w, n, D):
@@ -376,6 +420,7 @@ class masking_reconciliation(fabrication):
         """
         n, D = _check_size("n", n), _check_size("D", D)
         self._check_fixed_mask("expand_parameters")
+        _refuse_dtensor("expand_parameters", w)
         state = self._compact_ops_state(w.device)
         kept = self._kept_count(n, D, state)
         if w.dim() == 0 or w.shape[-1] != kept:
@@ -383,7 +428,7 @@ class masking_reconciliation(fabrication):
                 f"masking_reconciliation: expected w of shape (..., K) = (..., {kept}), K the entries the mask keeps "
                 f"of the {n}x{D} matrix, but got shape {tuple(w.shape)}"
             )
-        rows = [bernoulli_mask_expand(row, self.p, state, (n * D,)) for row in w.reshape(-1, kept)]
+        rows = [bernoulli_mask_expand(row, self.p, state, (n * D,)) for row in _rows(w, kept)]
         return _stack_rows(rows, w, n * D)
 
     def _check_fixed_mask(self, method):
@@ -392,6 +437,108 @@ class masking_reconciliation(fabrication):
 
     def extra_repr(self):
         return f"p={self.p}, fixed_mask={self.fixed_mask}" + (", compact=True" if self.compact else "")
+
+
+def _state_of_tinybig_pickle(state):
+    """This class's __dict__ for one that tinyBIG's masking_reconciliation pickled: it holds p,
+    fixed_mask and mask_matrix (tinyBIG's torch.rand mask; None before its first call) as plain
+    attributes, and no rng_state. A fixed mask tinyBIG drew is kept, as the buffer tinybig_mask,
+    since no rng_state reproduces it; otherwise a state is drawn, as at construction (tinyBIG would
+    draw a mask at its next call)."""
+    state = dict(state)
+    mask = state.pop("mask_matrix", None)
+    state["_p"] = _check_keep_probability(state.pop("p", 0.5))
+    state["fixed_mask"] = fixed_mask = bool(state.get("fixed_mask", True))
+    state.update(compact=False, _kept_counts={}, _mask_matrix_of=None)
+    buffers, non_persistent = dict(state["_buffers"]), set(state["_non_persistent_buffers_set"])
+    buffers["rng_state"] = _draw_rng_state("cpu")
+    if not fixed_mask:
+        non_persistent.add("rng_state")
+    elif isinstance(mask, torch.Tensor):
+        buffers["tinybig_mask"] = mask
+    state["_buffers"], state["_non_persistent_buffers_set"] = buffers, non_persistent
+    return state
+
+
+class _tinybig_mask_reconciliation(masking_reconciliation):
+    """A masking_reconciliation unpickled from a model saved whole by tinyBIG (``torch.save(model)``),
+    after `patch_tinybig`, with the fixed mask tinyBIG had drawn. That mask came from torch.rand,
+    which no rng_state reproduces, so this module keeps it (the bool (n, D) buffer ``tinybig_mask``,
+    saved in state_dict and moved by ``.to()``) and applies it with select semantics: the model
+    computes what it computed when it was pickled. ``reset_parameters()`` drops it and draws a
+    Philox state: the module is then a plain masking_reconciliation. The compact conversions, which
+    need a Philox mask, are refused until then."""
+
+    def forward(self, n, D, w, device=None, *args, **kwargs):
+        n, D = _check_size("n", n), _check_size("D", D)
+        mask = self._stored_mask(n, D)
+        if not isinstance(w, torch.Tensor):
+            raise TypeError(f"masking_reconciliation: expected w to be a torch.Tensor, but got {type(w).__name__}")
+        if w.numel() != n * D:
+            raise ValueError(
+                f"masking_reconciliation: expected w to have n*D = {n}*{D} = {n * D} elements, "
+                f"but got shape {tuple(w.shape)} ({w.numel()} elements)"
+            )
+        self._check_device(w, device)
+        arguments.check_maskable_dtype("masking_reconciliation", "w", w)
+        return torch.where(mask.to(w.device), w.reshape(n, D), torch.zeros((), dtype=w.dtype, device=w.device))
+
+    def _stored_mask(self, n, D):
+        mask = self.tinybig_mask
+        if (n, D) != tuple(mask.shape):
+            raise ValueError(
+                f"masking_reconciliation: expected (n, D) = {tuple(mask.shape)}, the shape of the pickled tinyBIG mask "
+                f"this module applies, but got ({n}, {D}); reset_parameters() replaces that mask with a Philox one of any shape"
+            )
+        return mask
+
+    def generate_masking_matrix(self, n, D, device="cpu"):
+        """The pickled tinyBIG mask, on `device` (it draws no new mask, as the parent's)."""
+        return self._stored_mask(_check_size("n", n), _check_size("D", D)).to(device)
+
+    mask_matrix = property(lambda self: self.tinybig_mask, masking_reconciliation.mask_matrix.fset)
+
+    def reset_parameters(self):
+        """Drops the pickled tinyBIG mask and draws a new ``rng_state``: from now on a plain
+        masking_reconciliation."""
+        del self.tinybig_mask
+        self.__class__ = masking_reconciliation
+        self.reset_parameters()
+
+    def compress_parameters(self, w, n, D):
+        raise self._no_philox_mask("compress_parameters")
+
+    def expand_parameters(self, w, n, D):
+        raise self._no_philox_mask("expand_parameters")
+
+    @staticmethod
+    def _no_philox_mask(method):
+        return NotImplementedError(
+            f"masking_reconciliation.{method}: this module applies the pickled tinyBIG mask, which no rng_state "
+            "reproduces; call reset_parameters() first to use a Philox mask"
+        )
+
+    def to_config(self):
+        return {**super().to_config(), "function_class": f"{__name__}.masking_reconciliation"}
+
+    def extra_repr(self):
+        return super().extra_repr() + f", pickled tinyBIG mask of shape {tuple(self.tinybig_mask.shape)}"
+
+
+def _rows(w, row_length):
+    """w's rows of `row_length`, as a 2-D tensor: counted from w's leading sizes, since a -1 cannot
+    be inferred for rows of no elements."""
+    return w.reshape(math.prod(w.shape[:-1]), row_length)
+
+
+def _refuse_dtensor(method, w):
+    # By name, as ops._is_dtensor: importing DTensor to compare classes costs about a second.
+    if type(w).__name__ == "DTensor":
+        raise NotImplementedError(
+            f"masking_reconciliation.{method}: expected w to be a plain tensor, but got a DTensor: compact parameters "
+            "(compact=True, compress_parameters, expand_parameters) have no DTensor support, since a shard's kept "
+            "entries depend on every entry before it; use compact=False, whose forward takes DTensors"
+        )
 
 
 def _stack_rows(rows, w, row_length):
@@ -409,8 +556,9 @@ _torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 def _as_buffer(make):
     """make(), a tensor the module keeps as its rng_state buffer: made outside inference mode, so
     that a first call under torch.inference_mode() does not leave an inference tensor that
-    training can not save for backward nor reset_parameters() write."""
-    if not torch.is_inference_mode_enabled():
+    training can not save for backward nor reset_parameters() write. (torch.compile cannot trace
+    the inference-mode query: there the tensor is made as traced.)"""
+    if _is_compiling() or not torch.is_inference_mode_enabled():
         return make()
     with torch.inference_mode(False):
         return make()

@@ -43,7 +43,10 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     """
     op = "tinybig_cuda.bernoulli_mask_apply"
     arguments.rng_state(op, rng_state)
-    p = arguments.keep_probability(op, p)
+    # Traced by torch.compile, p becomes data (below) that the kernel checks when the graph runs,
+    # with this same message: an error raised while dynamo traces would reach the user as dynamo's
+    # "Unsupported" under fullgraph=True.
+    p = arguments.keep_probability(op, p, check_range=not (_is_dynamo_compiling() and not compat.is_exporting()))
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if row_length is not None:
         row_length = arguments.integer(op, "row_length", row_length)

@@ -57,6 +57,7 @@ int64_t check_row_length(const char* op, int64_t row_length, int64_t width, int6
   TORCH_CHECK_VALUE(row_length >= width, op, ": expected row_length >= ", width,
                     " (the width of a row, the last dimension: rows of a window cannot overlap), but got ",
                     row_length);
+  if (rows == 0) return 0;  // an empty tensor spans no indices
   constexpr int64_t largest = std::numeric_limits<int64_t>::max();
   TORCH_CHECK_VALUE(rows - 1 <= (largest - width) / row_length, op,
                     ": expected a window within 2**63 - 1 elements, but got ", rows,

@@ -25,8 +25,9 @@ void check_keep_probability(const char* op, double p);
 void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Device& device,
                      bool cpu_allowed = false);
 void check_element_offset(const char* op, int64_t element_offset, int64_t numel);
-// row_length of a window of `rows` rows of `width` elements (rows, width > 0): at least width, so
-// rows do not overlap. Returns the global indices the window spans, (rows - 1) * row_length + width.
+// row_length of a window of `rows` rows of `width` elements: at least width, so rows do not
+// overlap (checked for an empty window too). Returns the global indices the window spans,
+// (rows - 1) * row_length + width, or 0 for no rows.
 int64_t check_row_length(const char* op, int64_t row_length, int64_t width, int64_t rows);
 void check_maskable_dtype(const char* op, const char* argument, const at::Tensor& tensor);
 // Returns the number of elements of `shape`: sizes >= 0, at most max_elements in all.

@@ -209,6 +209,11 @@ TORCH_LIBRARY_IMPL(tinybig_cuda, Autograd, m) {
   m.impl("bernoulli_mask_apply_p_tensor",
          [](const at::Tensor& w, const at::Tensor& p, const at::Tensor& rng_state, c10::SymInt element_offset,
             std::optional<c10::SymInt> row_length) {
+           // The mask is a step function of p: no gradient could reach it, so refuse rather than
+           // leave p.grad silently None.
+           TORCH_CHECK_VALUE(!p.requires_grad(),
+                             "tinybig_cuda.bernoulli_mask_apply: expected p not to require grad (the output has no "
+                             "gradient with respect to p), but got a p that requires grad; pass p.detach()");
            return MaskApplyPTensor::apply(w, p, rng_state, std::move(element_offset), std::move(row_length));
          });
   m.impl("bernoulli_mask_expand",

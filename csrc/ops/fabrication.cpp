@@ -33,12 +33,17 @@ at::Tensor draw_rng_state(const c10::Device& device) {
 
 namespace {
 
-// The fixed state on w's device becomes the module's buffer: made outside inference mode, so that
-// a first call under torch.inference_mode() does not leave an inference tensor that training can
-// not save for backward nor reset_parameters() write.
+// The state a call uses becomes the module's buffer (the fixed one on w's device, or a fresh one):
+// made outside inference mode, so that a call under torch.inference_mode() does not leave an
+// inference tensor that training can not save for backward nor reset_parameters() write.
 at::Tensor buffer_on(const at::Tensor& state, const c10::Device& device) {
   const c10::InferenceMode outside_inference_mode(/*enabled=*/false);
   return state.to(device);
+}
+
+at::Tensor fresh_buffer(const c10::Device& device) {
+  const c10::InferenceMode outside_inference_mode(/*enabled=*/false);
+  return draw_rng_state(device);
 }
 
 }  // namespace
@@ -46,7 +51,7 @@ at::Tensor buffer_on(const at::Tensor& state, const c10::Device& device) {
 std::tuple<at::Tensor, at::Tensor> masked_fabrication(const at::Tensor& w, int64_t n, int64_t D,
                                                       double p,
                                                       const std::optional<at::Tensor>& rng_state) {
-  at::Tensor state = !rng_state ? draw_rng_state(w.device())
+  at::Tensor state = !rng_state ? fresh_buffer(w.device())
                      : rng_state->device() == w.device() ? *rng_state
                                                           : buffer_on(*rng_state, w.device());
   at::Tensor matrix;

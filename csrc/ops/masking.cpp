@@ -20,8 +20,8 @@ MaskWindow checked_window(const char* op, at::IntArrayRef shape, int64_t numel,
                           int64_t element_offset, std::optional<int64_t> row_length) {
   const int64_t width = row_width(shape);
   int64_t extent = numel;  // global indices spanned: from the first element past the last
-  if (row_length && numel > 0) {
-    extent = check_row_length(op, *row_length, width, numel / width);
+  if (row_length) {  // checked for an empty tensor too: its row_length is as much an argument
+    extent = check_row_length(op, *row_length, width, numel > 0 ? numel / width : 0);
   }
   check_element_offset(op, element_offset, extent);
   return make_mask_window(static_cast<uint64_t>(element_offset), numel, width,
