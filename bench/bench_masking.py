@@ -50,6 +50,7 @@ import torch
 import torch.nn.functional as F
 
 import tinybig_cuda
+from tinybig_cuda._torch_compat import COMPILE_SUPPORTED
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import tinybig_replica  # noqa: E402  (beside this file, not an installed package)
@@ -374,6 +375,8 @@ def evaluate_targets(n, device, args, progress):
         ("torch.compile(tinyBIG fresh) fwd / ours fresh fwd", case("tinybig_compiled"), case("ours_fresh"), 10.0, True),
         ("ours fixed fwd+bwd time / copy fwd", case("ours_fixed", "fwd+bwd"), case("copy"), 2.6, False),
     ]
+    if not COMPILE_SUPPORTED:
+        wanted = [entry for entry in wanted if entry[1][0] != "tinybig_compiled"]
     if torch.device(device).type == "cpu" and torch.get_num_threads() >= 2:
         wanted.append((TWO_THREADS_TARGET,
                        case("ours_fixed", threads=1), case("ours_fixed", threads=2), 1.8, True))
@@ -586,6 +589,9 @@ def run_sweep(args):
     if not ours_runs:
         print("note: this build of tinybig_cuda has no CUDA kernels; skipping ours_* on CUDA", file=sys.stderr)
         impls = [i for i in impls if not i.startswith("ours")]
+    if "tinybig_compiled" in impls and not COMPILE_SUPPORTED:
+        print(f"note: torch {torch.__version__} has no torch.compile on this Python; skipping tinybig_compiled", file=sys.stderr)
+        impls.remove("tinybig_compiled")
     if "copy" not in impls:
         impls.append("copy")  # every other row is reported relative to it
 

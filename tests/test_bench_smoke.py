@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from tinybig_cuda._torch_compat import COMPILE_SUPPORTED
+
 pytestmark = pytest.mark.slow  # runs the benchmarks' sweeps
 
 BENCH = Path(__file__).resolve().parents[1] / "bench" / "bench_masking.py"
@@ -44,8 +46,10 @@ def results(bench, tmp_path_factory):
 
 def test_every_implementation_and_mode_has_one_row(bench, results):
     returned, _ = results
+    # Without torch.compile (an old torch on Python 3.12) the compiled baseline is left out, saying so.
+    implementations = [impl for impl in bench.IMPLEMENTATIONS if bench.COMPILE_SUPPORTED or impl != "tinybig_compiled"]
     assert sorted((r["impl"], r["mode"]) for r in returned["rows"]) == sorted(
-        (impl, mode) for impl in bench.IMPLEMENTATIONS for mode in bench.MODES)
+        (impl, mode) for impl in implementations for mode in bench.MODES)
 
 
 def test_json_rows_have_the_expected_keys_and_positive_numbers(results):
@@ -75,7 +79,7 @@ def test_memory_columns_show_what_each_implementation_keeps(results):
         assert find(rows, impl, "fwd+bwd")["saved_for_backward_bytes"] == 16
         assert find(rows, impl, "fwd")["mask_state_bytes"] == 16
     # tinyBIG saves its n*D boolean mask for backward and keeps it as an attribute.
-    for impl in ("tinybig_fresh", "tinybig_cached", "tinybig_compiled"):
+    for impl in ("tinybig_fresh", "tinybig_cached") + (("tinybig_compiled",) if COMPILE_SUPPORTED else ()):
         assert find(rows, impl, "fwd+bwd")["saved_for_backward_bytes"] >= N * N
         assert find(rows, impl, "fwd")["mask_state_bytes"] == N * N
     for impl in ("copy", "clone"):
@@ -86,7 +90,7 @@ def test_memory_columns_show_what_each_implementation_keeps(results):
 
 def test_targets_are_reported_not_enforced(results):
     targets = results[0]["targets"]
-    assert len(targets) >= 7
+    assert len(targets) >= (7 if COMPILE_SUPPORTED else 6)
     for target in targets:
         assert {"name", "ratio", "pairs", "target", "higher_is_better", "met"} <= target.keys()
         assert target["ratio"] > 0 and target["pairs"] >= 1 and isinstance(target["met"], bool)

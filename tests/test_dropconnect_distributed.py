@@ -10,7 +10,13 @@ from pathlib import Path
 import pytest
 import torch.distributed as dist
 
-pytestmark = pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo")
+from conftest import requires_dtensor
+
+pytestmark = [
+    requires_dtensor,
+    pytest.mark.skipif(not dist.is_available() or not dist.is_gloo_available(), reason="needs torch.distributed with gloo"),
+    pytest.mark.slow,  # it starts gloo processes
+]
 
 CHECKS = Path(__file__).resolve().parent / "dropconnect_distributed_checks.py"
 TIMEOUT_S = 240  # a launch takes seconds; the bound is for a hung rank on a busy machine

@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 from tinybig_cuda import masking_reconciliation, reference
 
-from conftest import assert_bitwise_equal, random_values
+from conftest import assert_bitwise_equal, random_values, requires_compile
 
 SIZES = st.sampled_from([(1, 1), (3, 4), (5, 7), (0, 3), (16, 9)])
 CALLS = ["grad", "no_grad", "inference_mode", "meta", "checked"]
@@ -132,6 +132,7 @@ def test_module_life(construction, p, fixed_mask, sequence):
     live(construction, p, fixed_mask, sequence)
 
 
+@requires_compile
 @settings(LIFE, max_examples=4)
 @given(fixed_mask=st.booleans(), sequence=steps(CALLS + ["compiled"]).filter(lambda s: sum(x[0] == "compiled" for x in s if isinstance(x, tuple)) <= 2))
 def test_module_life_compiled(fixed_mask, sequence):

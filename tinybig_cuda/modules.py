@@ -330,8 +330,8 @@ class masking_reconciliation(fabrication):
         device (shape inference), a meta copy for that call only, so the state keeps its data."""
         state = self._buffers["rng_state"]
         if state.device != device:
-            if device.type == "meta":
-                return state.to(device)
+            if device.type == "meta":  # no data to copy (and torch 2.2 cannot move a fake tensor there)
+                return torch.empty_like(state, device=device)
             state = self._buffers["rng_state"] = _as_buffer(lambda: state.to(device))
         return state
 
