@@ -176,7 +176,8 @@ def check_meta_init_reset_parameters():
     return {"meta_buffer": meta, "ranks_agree": torch.equal(states[0], states[1]), "same_as_construction": torch.equal(module.rng_state, expected)}
 
 
-def run_checks():
+def dtensor_checks():
+    """{name: check} of this file: made on each rank, since the meshes need its process group."""
     one_d = init_device_mesh("cpu", (WORLD_SIZE,))
     checks = {}
     for name, placements in (("shard0", [Shard(0)]), ("shard1", [Shard(1)]), ("replicate", [Replicate()]), ("partial", [Partial()])):
@@ -201,7 +202,10 @@ def run_checks():
     checks["meta init + reset_parameters"] = check_meta_init_reset_parameters
     checks["broadcast_rng_states exact"] = check_broadcast_rng_states_exact
     checks["refusals"] = lambda: check_refusals(one_d)
+    return checks
 
+
+def run_recorded(checks):
     results = {}
     for key, check in checks.items():
         try:
@@ -211,11 +215,11 @@ def run_checks():
     return results
 
 
-def worker(rank, out_path, timeout_s):
+def worker(rank, out_path, timeout_s, make_checks):
     torch.set_num_threads(1)
     join_ranks(rank, WORLD_SIZE, timeout_s)
     try:
-        results = run_checks()
+        results = run_recorded(make_checks())
         if rank == 0:
             with open(out_path, "w") as out:
                 json.dump(results, out, indent=1)
@@ -225,12 +229,13 @@ def worker(rank, out_path, timeout_s):
     exit_rank()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(make_checks=dtensor_checks, description=__doc__):
+    """Runs make_checks() on WORLD_SIZE ranks; also the launcher of the other 2-process check files."""
+    parser = argparse.ArgumentParser(description=description.split("\n")[0])
     parser.add_argument("out")
     parser.add_argument("--timeout", type=float, default=120.0)
     args = parser.parse_args()
-    run_ranks(worker, WORLD_SIZE, args.timeout, args.out, args.timeout)
+    run_ranks(worker, WORLD_SIZE, args.timeout, args.out, args.timeout, make_checks)
 
 
 if __name__ == "__main__":

@@ -6,12 +6,7 @@ with the same module in one process.
     python tests/dropconnect_distributed_checks.py results.json [--timeout 120]
 """
 
-import argparse
 import copy
-import json
-import os
-import sys
-import traceback
 
 import torch
 import torch.distributed as dist
@@ -21,16 +16,11 @@ from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, 
 import tinybig_cuda
 from tinybig_cuda.distributed import broadcast_rng_states
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "examples"))
-from gloo_ranks import exit_rank, join_ranks, run_ranks  # noqa: E402  (the examples' launcher)
+import distributed_checks  # beside this file: the 2-rank launcher and the bitwise comparison
+from distributed_checks import WORLD_SIZE, same_bits
 
-WORLD_SIZE = 2
 P = 0.45
 IN_FEATURES, OUT_FEATURES = 6, 7  # uneven shards: 3 + 3 columns, 4 + 3 rows
-
-
-def same_bits(a, b):
-    return a.shape == b.shape and torch.equal(a.contiguous().view(torch.int32), b.contiguous().view(torch.int32))
 
 
 def one_process_reference(upstream):
@@ -94,39 +84,10 @@ def check_broadcast_rng_states():
             "equal_to_rank_0_after": all(torch.equal(state, before[0]) for state in after)}
 
 
-def run_checks():
-    checks = {"colwise": lambda: check_tensor_parallel("colwise"), "rowwise": lambda: check_tensor_parallel("rowwise"),
-              "fsdp2": check_fsdp2, "broadcast_rng_states": check_broadcast_rng_states}
-    results = {}
-    for key, check in checks.items():
-        try:
-            results[key] = check()
-        except Exception:  # recorded, so one broken check does not hide the others
-            results[key] = {"error": traceback.format_exc()}
-    return results
-
-
-def worker(rank, out_path, timeout_s):
-    torch.set_num_threads(1)
-    join_ranks(rank, WORLD_SIZE, timeout_s)
-    try:
-        results = run_checks()
-        if rank == 0:
-            with open(out_path, "w") as out:
-                json.dump(results, out, indent=1)
-        dist.barrier()
-    finally:
-        dist.destroy_process_group()
-    exit_rank()
-
-
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("out")
-    parser.add_argument("--timeout", type=float, default=120.0)
-    args = parser.parse_args()
-    run_ranks(worker, WORLD_SIZE, args.timeout, args.out, args.timeout)
+def tensor_parallel_checks():
+    return {"colwise": lambda: check_tensor_parallel("colwise"), "rowwise": lambda: check_tensor_parallel("rowwise"),
+            "fsdp2": check_fsdp2, "broadcast_rng_states": check_broadcast_rng_states}
 
 
 if __name__ == "__main__":
-    main()
+    distributed_checks.main(tensor_parallel_checks, __doc__)
