@@ -32,7 +32,7 @@ from pathlib import Path
 
 from setuptools import find_packages, setup
 
-ROOT = Path(__file__).parent
+ROOT = Path(__file__).resolve().parent  # absolute: older setuptools give setup.py a relative __file__, and ninja compiles elsewhere
 DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 OP_LIBRARY = "tinybig_cuda._ops"  # built as tinybig_cuda/libtinybig_cuda_ops.so
 OP_LIBRARY_FILE = "libtinybig_cuda_ops.so"
