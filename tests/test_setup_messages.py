@@ -51,3 +51,15 @@ def test_build_without_torch_says_torch_is_not_installed(tmp_path):
     assert f"torch is not installed for {sys.executable}" in message, message
     assert "pip install torch && pip install --no-build-isolation ." in message
     assert "isolated" not in message
+
+
+def test_sources_are_found_when_setup_py_is_named_by_a_relative_path():
+    # An older setuptools (65.5, a fresh Python 3.11 venv's) runs setup.py with a relative
+    # __file__, and ninja compiles in another folder: a relative include folder then misses.
+    code = (
+        "setup = {'__file__': 'setup.py', '__name__': 'setup_under_test'}\n"  # not __main__: builds nothing
+        "exec(compile(open('setup.py').read(), 'setup.py', 'exec'), setup)\n"
+        "assert setup['ROOT'].is_absolute() and (setup['ROOT'] / 'csrc' / 'cpu' / 'isa.h').exists(), setup['ROOT']\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], cwd=SETUP.parent, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
