@@ -233,9 +233,8 @@ struct CompressAvx2 {
 // ---------------------------------------------------------------- AVX-512, fused with Philox
 // philox_keep_steps_avx512 hands over the 16 keep bits of each vector. VPEXPAND moves values into
 // the kept lanes and VPCOMPRESS the kept lanes to the front: on 4-byte lanes for 4-byte elements,
-// on two vectors of 8-byte lanes for 8-byte ones, and for 2-byte elements on 4-byte lanes they are
-// widened to and narrowed back from (the 2-byte forms need AVX512_VBMI2, which not every AVX-512
-// CPU has).
+// on two vectors of 8-byte lanes for 8-byte ones, and 2-byte elements are widened to 4-byte lanes
+// and narrowed back (VPEXPANDW and VPCOMPRESSW need AVX512_VBMI2, which not every AVX-512 CPU has).
 
 // Counts the kept lanes.
 struct CountAvx512 {
