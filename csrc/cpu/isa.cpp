@@ -58,15 +58,6 @@ bool cpu_supports(CpuIsa isa) {
   }
 }
 
-bool cpu_supports_avx512_vbmi2() {
-#if defined(__x86_64__)
-  static const bool supported = cpu_supports(CpuIsa::kAvx512) && __builtin_cpu_supports("avx512vbmi2");
-  return supported;
-#else
-  return false;
-#endif
-}
-
 CpuIsa active_cpu_isa() { return isa_forced.load() ? forced_isa.load() : best_supported_isa(); }
 
 void set_active_cpu_isa(CpuIsa isa) {
