@@ -213,13 +213,17 @@ def warning_flags():
     return flags
 
 
-def torch_header_flags(torch):
-    """torch's include folders as system headers: the warnings above are this package's, and torch's
-    own headers (which torch compiles with its own flags) are not held to them. The compilers take a
-    folder named by both -I (torch's extension builder adds that) and -isystem as a system folder."""
-    from torch.utils.cpp_extension import include_paths
+def system_header_flags(with_cuda):
+    """torch's include folders (and the CUDA toolkit's, for the CUDA kernel tables) as system
+    folders: the warnings above are this package's, and torch's own headers do not pass -Wextra
+    (unused parameters, in torch 2.13 for one). The compilers take a folder named by both -I (as
+    torch's extension builder names it) and -isystem as a system folder."""
+    from torch.utils.cpp_extension import CUDA_HOME, include_paths
 
-    return [flag for folder in include_paths() for flag in ("-isystem", folder)]
+    folders = include_paths()  # torch's, without the CUDA toolkit's: that argument differs by release
+    if with_cuda:
+        folders.append(str(Path(CUDA_HOME) / "include"))
+    return [flag for folder in folders for flag in ("-isystem", folder)]
 
 
 def compiled_cpu_paths():
@@ -245,7 +249,7 @@ def make_extensions(torch):
     # torch adds its own -std only when none is given). No instruction-set flags: the x86 and ARM
     # vector paths are compiled per function (target attributes) or are the architecture's
     # baseline (NEON).
-    cxx_flags = ["-O3", f"-std={CXX_STANDARD}", *warning_flags(), *torch_header_flags(torch), *openmp_compile_flags]
+    cxx_flags = ["-O3", f"-std={CXX_STANDARD}", *warning_flags(), *system_header_flags(with_cuda), *openmp_compile_flags]
     include_dirs = [str(ROOT / "csrc")]
     parts = source_parts()
     # The torch-free layer (core/) and its torch registrations (ops/), in one library.
