@@ -1,16 +1,16 @@
-#include "cpu/compact_ranges.h"
+#include "core/cpu/compact_ranges.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "cpu/masked_copy.h"
-#include "element_size.h"
+#include "core/cpu/masked_copy.h"
+#include "core/element_size.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "cpu/philox_avx2.h"
-#include "cpu/philox_avx512.h"
+#include "core/cpu/philox_avx2.h"
+#include "core/cpu/philox_avx512.h"
 #endif
 
 namespace tinybig_cuda {

@@ -9,9 +9,9 @@
 
 #include <cstdint>
 
-#include "cpu/isa.h"
-#include "cpu/philox_avx2.h"  // kPhiloxShuffle: the blocks lie in 128-bit lanes as on AVX2
-#include "philox_mask.h"
+#include "core/cpu/isa.h"
+#include "core/cpu/philox_avx2.h"  // kPhiloxShuffle: the blocks lie in 128-bit lanes as on AVX2
+#include "core/philox_mask.h"
 
 namespace tinybig_cuda {
 

@@ -1,12 +1,12 @@
-#include "cpu/masked_copy.h"
+#include "core/cpu/masked_copy.h"
 
-#include "element_size.h"
+#include "core/element_size.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "cpu/philox_avx2.h"
-#include "cpu/philox_avx512.h"
+#include "core/cpu/philox_avx2.h"
+#include "core/cpu/philox_avx512.h"
 #endif
 #if defined(__aarch64__)
 #include <arm_neon.h>

@@ -1,4 +1,4 @@
-#include "cpu/isa.h"
+#include "core/cpu/isa.h"
 
 #include <atomic>
 #include <stdexcept>
