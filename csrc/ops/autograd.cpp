@@ -79,7 +79,7 @@ void check_reverse_mode_only(const at::Tensor& w) {
 }
 
 // The op's recorder: a torch::autograd::Function, which compiled autograd supports.
-class MaskApply : public torch::autograd::Function<MaskApply> {
+class MaskApply : public TraceableFunction<MaskApply> {
  public:
   static at::Tensor forward(AutogradContext* context, const at::Tensor& w, double p,
                             const at::Tensor& rng_state, c10::SymInt element_offset,
@@ -138,7 +138,7 @@ at::Tensor mask_apply_p_tensor(const at::Tensor& w, const at::Tensor& p, const a
 }
 
 // bernoulli_mask_apply_p_tensor: MaskApply's backward, with p saved as the tensor it came as.
-class MaskApplyPTensor : public torch::autograd::Function<MaskApplyPTensor> {
+class MaskApplyPTensor : public TraceableFunction<MaskApplyPTensor> {
  public:
   static at::Tensor forward(AutogradContext* context, const at::Tensor& w, const at::Tensor& p,
                             const at::Tensor& rng_state, c10::SymInt element_offset,
@@ -159,7 +159,7 @@ class MaskApplyPTensor : public torch::autograd::Function<MaskApplyPTensor> {
   }
 };
 
-class MaskExpand : public torch::autograd::Function<MaskExpand> {
+class MaskExpand : public TraceableFunction<MaskExpand> {
  public:
   static at::Tensor forward(AutogradContext* context, const at::Tensor& values, double p,
                             const at::Tensor& rng_state, c10::SymIntArrayRef shape,
@@ -179,7 +179,7 @@ class MaskExpand : public torch::autograd::Function<MaskExpand> {
   }
 };
 
-class MaskCompress : public torch::autograd::Function<MaskCompress> {
+class MaskCompress : public TraceableFunction<MaskCompress> {
  public:
   static at::Tensor forward(AutogradContext* context, const at::Tensor& full, double p,
                             const at::Tensor& rng_state, c10::SymInt kept_count,

@@ -29,6 +29,7 @@
 #include "ops/argument_checks.h"
 #include "ops/op_handles.h"
 #include "ops/output_memory.h"
+#include "ops/torch_compat.h"
 
 namespace tinybig_cuda {
 namespace {
@@ -207,7 +208,7 @@ using torch::autograd::variable_list;
 
 // Saves x, w (the parameter itself, not a copy) and the 16-byte state: the backward makes the
 // masked blocks again instead of keeping a masked weight.
-class MaskedLinear : public torch::autograd::Function<MaskedLinear> {
+class MaskedLinear : public TraceableFunction<MaskedLinear> {
  public:
   static at::Tensor forward(AutogradContext* context, const at::Tensor& x, const at::Tensor& w, double p,
                             const at::Tensor& rng_state, const std::optional<at::Tensor>& bias) {

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <c10/core/Allocator.h>
+#include <torch/csrc/autograd/custom_function.h>
 #include <torch/csrc/autograd/function.h>
 
 #include <cstring>
@@ -57,6 +58,15 @@ class AllocatorBase : public c10::Allocator {
   void copy_data(void* destination, const void* source, std::size_t count) const {
     std::memcpy(destination, source, count);
   }
+};
+
+// A torch::autograd::Function whose backward compiled autograd may trace: it only calls ops through
+// the dispatcher on its saved tensors, p and integers. Compiled autograd refuses a C++ Function
+// without this mark up to torch 2.6 (later releases call an unmarked one opaquely); torch 2.2
+// has no such member and ignores it.
+template <typename Derived>
+struct TraceableFunction : torch::autograd::Function<Derived> {
+  static constexpr bool is_traceable = true;
 };
 
 }  // namespace tinybig_cuda
