@@ -1,5 +1,9 @@
 """tinyBIG's module API: fabrication and masking_reconciliation on the fused op."""
 
+import importlib
+import pickle
+import pickletools
+
 import numpy as np
 import pytest
 import torch
@@ -229,6 +233,29 @@ def test_state_dict_round_trip_through_torch_save(tmp_path):
     restored = masking_reconciliation(p=0.25)
     restored.load_state_dict(torch.load(tmp_path / "mask.pt"))
     assert torch.equal(restored.generate_masking_matrix(40, 40), original.generate_masking_matrix(40, 40))
+
+
+# The paths that pickles (torch.save(model)) and tinyBIG configs name the classes by: a model saved
+# by an earlier version loads only while each path still leads to its class.
+SAVED_CLASS_PATHS = [
+    "tinybig_cuda.modules.fabrication",
+    "tinybig_cuda.modules.masking_reconciliation",
+    "tinybig_cuda.modules._tinybig_mask_reconciliation",  # a tinyBIG pickle loaded, then saved again
+    "tinybig_cuda.weight_drop.MaskedLinear",
+]
+
+
+def test_pickles_name_the_classes_by_their_saved_paths():
+    model = torch.nn.ModuleList([masking_reconciliation(p=0.5), masking_reconciliation(p=0.5, compact=True), tinybig_cuda.MaskedLinear(3, 2)])
+    pickled = pickle.dumps(model, protocol=2)  # protocol 2 names each class by one GLOBAL opcode
+    named = {argument.replace(" ", ".") for opcode, argument, _ in pickletools.genops(pickled)
+             if opcode.name == "GLOBAL" and argument.startswith("tinybig_cuda")}
+    assert named == {"tinybig_cuda.modules.masking_reconciliation", "tinybig_cuda.weight_drop.MaskedLinear"}
+    for path in SAVED_CLASS_PATHS:
+        module, name = path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        assert f"{cls.__module__}.{cls.__qualname__}" == path
+    assert masking_reconciliation(p=0.5).to_config()["function_class"] == "tinybig_cuda.modules.masking_reconciliation"
 
 
 def test_manual_seed_reproduces_a_new_modules_mask():
