@@ -37,6 +37,7 @@ DEFAULT_CUDA_ARCH_LIST = "8.0;9.0+PTX"
 OP_LIBRARY = "tinybig_cuda._ops"  # built as tinybig_cuda/libtinybig_cuda_ops.so
 OP_LIBRARY_FILE = "libtinybig_cuda_ops.so"
 SUMMARY = []  # what this build decided and why, one line each
+CXX_STANDARD = "c++20"  # CMakeLists.txt builds the C++ tests with the same
 
 
 def log(message):
@@ -150,19 +151,20 @@ def openmp_candidate_flags(torch):
     return compile_flags, [f"-L{torch_lib}", "-lomp", f"-Wl,-rpath,{torch_lib}"]
 
 
-def compiles_and_links(compile_flags, link_flags):
-    """Whether the compiler setuptools will use builds a small OpenMP library with these flags."""
+def compiles_and_links(compile_flags, link_flags, source=OPENMP_PROBE):
+    """Whether the compiler setuptools will use builds a small library (by default, an OpenMP one)
+    with these flags."""
     from setuptools._distutils.ccompiler import new_compiler
     from setuptools._distutils.sysconfig import customize_compiler
 
     compiler = new_compiler()
     customize_compiler(compiler)
     with tempfile.TemporaryDirectory() as directory:
-        source = Path(directory) / "openmp_probe.cpp"
-        source.write_text(OPENMP_PROBE)
+        path = Path(directory) / "probe.cpp"
+        path.write_text(source)
         try:
-            objects = compiler.compile([str(source)], output_dir=directory, extra_postargs=compile_flags)
-            compiler.link_shared_object(objects, str(Path(directory) / "openmp_probe.so"), extra_postargs=link_flags)
+            objects = compiler.compile([str(path)], output_dir=directory, extra_postargs=compile_flags)
+            compiler.link_shared_object(objects, str(Path(directory) / "probe.so"), extra_postargs=link_flags)
         except Exception:  # any compile or link error means: not with these flags
             return False
     return True
@@ -189,14 +191,43 @@ def openmp_flags(torch):
     return [], []
 
 
-def sources_in(*folders, suffixes=(".cpp",)):
-    """Every source file of these folders of csrc/ (not their subfolders), sorted."""
-    found = [path for folder in folders for path in (ROOT / "csrc" / folder).iterdir() if path.suffix in suffixes]
-    return sorted(str(path.relative_to(ROOT)) for path in found)
+def source_parts():
+    """{part: its source files, sorted} from csrc/sources.txt, the source list CMakeLists.txt reads
+    too: each line names a part and globs under csrc/."""
+    parts = {}
+    for line in (ROOT / "csrc" / "sources.txt").read_text().splitlines():
+        words = line.split("#")[0].split()
+        if words:
+            found = {path for pattern in words[1:] for path in (ROOT / "csrc").glob(pattern)}
+            parts[words[0]] = sorted(str(path.relative_to(ROOT)) for path in found)
+    return parts
+
+
+def warning_flags():
+    """Warnings are errors, as in CMakeLists.txt. GCC 12 misreports the AVX-512 intrinsics' internal
+    _mm512_undefined as maybe uninitialized (GCC bug 105593); clang has no such warning and, with
+    -Werror, refuses the option, so it is added only where the compiler takes it."""
+    flags = ["-Wall", "-Wextra", "-Werror"]
+    if compiles_and_links([*flags, "-Wno-maybe-uninitialized"], [], source="int zero(void) { return 0; }\n"):
+        flags.append("-Wno-maybe-uninitialized")
+    return flags
+
+
+def system_header_flags(with_cuda):
+    """torch's include folders (and the CUDA toolkit's, for the CUDA kernel tables) as system
+    folders: the warnings above are this package's, and torch's own headers do not pass -Wextra
+    (unused parameters, in torch 2.13 for one). The compilers take a folder named by both -I (as
+    torch's extension builder names it) and -isystem as a system folder."""
+    from torch.utils.cpp_extension import CUDA_HOME, include_paths
+
+    folders = include_paths()  # torch's, without the CUDA toolkit's: that argument differs by release
+    if with_cuda:
+        folders.append(str(Path(CUDA_HOME) / "include"))
+    return [flag for folder in folders for flag in ("-isystem", folder)]
 
 
 def compiled_cpu_paths():
-    """The CPU kernel paths this architecture's build contains (cpu/isa.h); each runs where the CPU
+    """The CPU kernel paths this architecture's build contains (core/cpu/isa.h); each runs where the CPU
     supports it."""
     machine = platform.machine().lower()
     if machine in ("x86_64", "amd64"):
@@ -214,13 +245,15 @@ def make_extensions(torch):
     with_cuda, why = decide_cuda_build(torch)
     openmp_compile_flags, openmp_link_flags = openmp_flags(torch)
     log(f"CPU kernel paths: {', '.join(compiled_cpu_paths())} ({platform.machine()})")
-    # The C++ standard is torch's choice (its extension flags). No instruction-set flags: the x86
-    # and ARM vector paths are compiled per function (target attributes) or are the architecture's
+    # One C++ standard for every part, whatever torch builds with: C++20 (newer torch needs it;
+    # torch adds its own -std only when none is given). No instruction-set flags: the x86 and ARM
+    # vector paths are compiled per function (target attributes) or are the architecture's
     # baseline (NEON).
-    cxx_flags = ["-O3", *openmp_compile_flags]
+    cxx_flags = ["-O3", f"-std={CXX_STANDARD}", *warning_flags(), *system_header_flags(with_cuda), *openmp_compile_flags]
     include_dirs = [str(ROOT / "csrc")]
-    # The torch-free kernel cores (cpu/, cuda/) and their torch registrations (ops/).
-    ops_sources = sources_in("ops", "ops/cpu", "cpu")
+    parts = source_parts()
+    # The torch-free layer (core/) and its torch registrations (ops/), in one library.
+    ops_sources = parts["core"] + parts["ops"]
     # py_limited_api: torch then links neither libtorch_python nor anything else of Python's. The
     # run path finds torch's libraries (libc10_cuda, ...) beside the installed package, so a C++
     # program that loads the library needs nothing on its own library path.
@@ -241,8 +274,14 @@ def make_extensions(torch):
             log(f"TORCH_CUDA_ARCH_LIST unset and no GPU visible: compiling for {DEFAULT_CUDA_ARCH_LIST}")
         facts["cuda_arch_list"] = os.environ.get("TORCH_CUDA_ARCH_LIST", "the visible GPUs'")
         log(f"building the CPU and CUDA kernels: {why}")
-        ops_sources += sources_in("ops/cuda") + sources_in("cuda", suffixes=(".cu",))
-        nvcc_flags = ["-O3", "-Xptxas=-v"]  # -v prints registers and spills per kernel
+        ops_sources += parts["core_cuda"] + parts["ops_cuda"]
+        # -v prints registers and spills per kernel. nvcc's own warnings and its host compiler's
+        # are errors too (the .cu files include no torch header: core/ is torch-free), except the
+        # host pass's "unknown pragma" for `#pragma unroll`, which is the device compiler's, and
+        # the notice that an architecture of TORCH_CUDA_ARCH_LIST is deprecated, which is about
+        # the user's choice, not the code.
+        nvcc_flags = ["-O3", f"-std={CXX_STANDARD}", "-Xptxas=-v", "--Werror=all-warnings", "-Wno-deprecated-gpu-targets",
+                      "-Xcompiler=-Wall,-Wextra,-Werror,-Wno-unknown-pragmas"]
         ops = CUDAExtension(
             sources=ops_sources,
             define_macros=[("TINYBIG_WITH_CUDA", None)],
@@ -251,7 +290,7 @@ def make_extensions(torch):
         )
     module = CppExtension(
         name="tinybig_cuda._C",
-        sources=sources_in("python"),
+        sources=parts["python"],
         include_dirs=include_dirs,
         extra_compile_args={"cxx": cxx_flags},
     )

@@ -30,13 +30,8 @@ requires_dtensor = pytest.mark.skipif(
 requires_opcheck = pytest.mark.skipif(
     not hasattr(torch.library, "opcheck"), reason=f"torch.library.opcheck needs torch 2.4 or newer; this is torch {torch.__version__}"
 )
-# The emulated out-of-tree device of test_device_fallback.py registers a Python fallback kernel.
-requires_library_fallback = pytest.mark.skipif(
-    not hasattr(torch.library.Library, "fallback"),
-    reason=f"torch.library.Library.fallback needs a newer torch than {torch.__version__}",
-)
 requires_compile = pytest.mark.skipif(
-    not compat.COMPILE_SUPPORTED, reason=f"torch {torch.__version__} has no torch.compile on Python {sys.version.split()[0]}"
+    not compat.COMPILE_SUPPORTED, reason=f"torch.compile and torch.export of tinybig_cuda need torch 2.4 or newer; this is torch {torch.__version__}"
 )
 
 # 'cpu' always; 'cuda' only where a GPU is visible.

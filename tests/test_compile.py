@@ -197,8 +197,15 @@ def test_compile_fullgraph_fresh_mask_module():
 
 
 KEEP_PROBABILITIES = [0.05 + 0.075 * k for k in range(12)]  # a keep-probability schedule
+# Where TorchDynamo specialises every float argument (torch 2.4 does, 2.6 and later do not), each
+# value of p compiles a graph of its own.
+requires_symbolic_floats = pytest.mark.skipif(
+    getattr(torch._dynamo.config, "specialize_float", True),
+    reason=f"torch {torch.__version__} compiles a graph per float value (torch._dynamo.config.specialize_float)",
+)
 
 
+@requires_symbolic_floats
 @pytest.mark.parametrize("device", DEVICES)
 def test_changing_module_p_compiles_at_most_twice(device):
     """p stays a Python float in the API; torch.compile traces it as a symbolic float after its
@@ -221,6 +228,7 @@ def test_changing_module_p_compiles_at_most_twice(device):
     assert counter.frame_count <= 2, f"compiled {counter.frame_count} times for {len(KEEP_PROBABILITIES)} values of p"
 
 
+@requires_symbolic_floats
 @pytest.mark.parametrize("device", DEVICES)
 def test_changing_functional_p_compiles_at_most_twice(device):
     counter = CompileCounterWithBackend("aot_eager")

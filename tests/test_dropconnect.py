@@ -221,7 +221,7 @@ def test_compile_fullgraph_forward_and_backward_equal_eager():
 def test_export_keeps_the_op_and_runs():
     module = tinybig_cuda.MaskedLinear(12, 8)
     x = torch.randn(3, 12)
-    exported = torch.export.export(module, (x,))
+    exported = torch.export.export(module, (x,), strict=False)
     assert "tinybig_cuda.masked_linear" in str(exported.graph)
     torch.testing.assert_close(exported.module()(x), module(x))
 

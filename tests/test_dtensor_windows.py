@@ -16,18 +16,32 @@ if not HAS_DTENSOR:
     pytest.skip(f"DTensor support needs torch 2.5 or newer; this is torch {torch.__version__}", allow_module_level=True)
 
 from torch.distributed.tensor import Partial, Replicate, Shard  # noqa: E402
-from torch.distributed.tensor._utils import _compute_local_shape_and_global_offset  # noqa: E402
 
 from tinybig_cuda._dtensor import _window  # noqa: E402
 
 STATE = (0x0123456789ABCDEF, -3)
 
 
+def _local_box(global_shape, mesh_shape, coordinate, placements):
+    """The local shape and global offset of one mesh coordinate's shard, as Shard(d) documents it:
+    each mesh dimension in turn splits the box it is given along d with torch.chunk's sizes (equal
+    ceil(n / k) pieces, the last ones short or empty)."""
+    shape, offset = list(global_shape), [0] * len(global_shape)
+    for size, index, placement in zip(mesh_shape, coordinate, placements):
+        if isinstance(placement, Shard):
+            dim = placement.dim % len(global_shape)
+            piece = -(-shape[dim] // size)
+            start = min(index * piece, shape[dim])
+            shape[dim] = min(piece, shape[dim] - start)
+            offset[dim] += start
+    return shape, offset
+
+
 def _assemble(global_shape, mesh_shape, placements, make_local):
     """Builds the global tensor from every mesh coordinate's local shard (Shard and Replicate only)."""
     full = None
     for coordinate in itertools.product(*(range(n) for n in mesh_shape)):
-        local_shape, offset = _compute_local_shape_and_global_offset(global_shape, mesh_shape, list(coordinate), placements)
+        local_shape, offset = _local_box(global_shape, mesh_shape, coordinate, placements)
         local = make_local(tuple(local_shape), tuple(offset))
         if full is None:
             full = torch.zeros(global_shape, dtype=local.dtype)

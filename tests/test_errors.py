@@ -465,6 +465,16 @@ def test_fake_kernels_use_the_kernels_limit():
     assert tinybig_cuda._arguments.MAX_COMPACT_ELEMENTS == tinybig_cuda._C.MAX_COMPACT_ELEMENTS == 2**62 - 1
 
 
+def test_the_dtype_table_is_the_kernels():
+    """Python's table is read from the kernels' (csrc/ops/argument_checks.h), in the order their
+    messages name it."""
+    assert tinybig_cuda._C.maskable_dtype_names() == ["float32", "float64", "float16", "bfloat16"]
+    assert tinybig_cuda._arguments.MASKABLE_DTYPES == (torch.float32, torch.float64, torch.float16, torch.bfloat16)
+    assert tinybig_cuda._arguments.MASKABLE_DTYPE_NAMES == "float32, float64, float16 or bfloat16"
+    with pytest.raises(TypeError, match="expected w to be float32, float64, float16 or bfloat16, but got dtype Int"):
+        OPS.bernoulli_mask_apply.default(torch.zeros(3, dtype=torch.int32), 0.5, STATE, 0)
+
+
 def _outcome(call):
     try:
         call()

@@ -418,6 +418,24 @@ def test_load_state_dict_refuses_a_state_that_is_not_int64(bad_state):
         module.load_state_dict({"rng_state": bad_state})
     assert module.rng_state.dtype == torch.int64 and torch.equal(module.rng_state, before)
 
+
+@pytest.mark.parametrize("device", DEVICES + ["meta"])
+def test_rng_state_on_is_the_one_rule_for_where_the_fixed_state_lives(device):
+    """_C.rng_state_on (csrc/ops/fabrication.cpp), which the module's eager call applies: the state
+    itself on its own device; elsewhere a copy of its value, made outside inference mode so the
+    module can keep it as its buffer; on the meta device, a data-less one, the state untouched."""
+    state = torch.tensor([3, 5], dtype=torch.int64)
+    assert tinybig_cuda._C.rng_state_on(state, torch.device("cpu")) is state
+    with torch.inference_mode():
+        moved = tinybig_cuda._C.rng_state_on(state, torch.device(device))
+    assert moved.device.type == device and moved.dtype == torch.int64 and moved.shape == (2,)
+    assert not moved.is_inference()
+    if device == "meta":
+        assert torch.equal(state, torch.tensor([3, 5]))
+    else:
+        assert torch.equal(moved.cpu(), state)
+
+
 # ---------------------------------------------------------------- compact=True: only the kept entries are parameters
 
 

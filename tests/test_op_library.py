@@ -105,7 +105,7 @@ def test_aotinductor_package_runs_in_a_process_that_loaded_only_the_library(tmp_
     torch.manual_seed(0)
     model, x = MaskedLinear().eval(), torch.randn(4, 16)
     expected = model(x)
-    program = torch.export.export(model, (x,))
+    program = torch.export.export(model, (x,), strict=False)
     package = torch._inductor.aoti_compile_and_package(program, package_path=str(tmp_path / "masked.pt2"))
     torch.save(x, tmp_path / "x.pt")
     result = run_python(f"""

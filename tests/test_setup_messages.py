@@ -59,7 +59,7 @@ def test_sources_are_found_when_setup_py_is_named_by_a_relative_path():
     code = (
         "setup = {'__file__': 'setup.py', '__name__': 'setup_under_test'}\n"  # not __main__: builds nothing
         "exec(compile(open('setup.py').read(), 'setup.py', 'exec'), setup)\n"
-        "assert setup['ROOT'].is_absolute() and (setup['ROOT'] / 'csrc' / 'cpu' / 'isa.h').exists(), setup['ROOT']\n"
+        "assert setup['ROOT'].is_absolute() and (setup['ROOT'] / 'csrc' / 'core' / 'cpu' / 'isa.h').exists(), setup['ROOT']\n"
     )
     result = subprocess.run([sys.executable, "-c", code], cwd=SETUP.parent, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr

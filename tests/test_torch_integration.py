@@ -42,7 +42,7 @@ def test_export_fixed_mask_head_save_load_and_run(tmp_path):
     x = torch.randn(4, 5)
     expected = head(x)
 
-    program = torch.export.export(head, (x,))
+    program = torch.export.export(head, (x,), strict=False)
     assert torch.equal(program.module()(x), expected)
     ops = {str(node.target) for node in program.graph.nodes if node.op == "call_function"}
     assert "tinybig_cuda.bernoulli_mask_apply.default" in ops  # kept as the fused op, not decomposed
@@ -73,7 +73,7 @@ def test_exported_program_follows_a_new_state_in_its_state_dict():
     torch.manual_seed(0)
     head = MaskedHead()
     x = torch.randn(4, 5)
-    program = torch.export.export(head, (x,))
+    program = torch.export.export(head, (x,), strict=False)
     head.fabrication.rng_state.copy_(torch.tensor([123, 456]))
     program.state_dict["fabrication.rng_state"].copy_(torch.tensor([123, 456]))
     assert torch.equal(program.module()(x), head(x))
@@ -83,7 +83,7 @@ def test_exported_program_follows_a_new_state_in_its_state_dict():
 def test_export_fresh_mask_head():
     head = MaskedHead(fixed_mask=False)
     x = torch.randn(4, 5)
-    program = torch.export.export(head, (x,))
+    program = torch.export.export(head, (x,), strict=False)
     assert not torch.equal(program.module()(x), program.module()(x))
 
 

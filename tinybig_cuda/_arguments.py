@@ -1,5 +1,5 @@
-"""The argument rules of every tinybig_cuda op, and the table of the dtypes they take
-(MASKABLE_DTYPES), stated once on the Python side.
+"""The argument rules of every tinybig_cuda op on the Python side, and the table of the dtypes they
+take (MASKABLE_DTYPES, the kernels' own, read from _C).
 
 Two halves:
 - What the typed entry points (and the modules) accept as Python values, before the dispatcher
@@ -17,16 +17,17 @@ import operator
 import torch
 
 from . import _torch_compat as compat
+from ._library import _C
 
 INT64_MAX = 2**63 - 1
-# The most elements a compact op's matrix may have (2**62 - 1: a float16 tensor's most): the
-# kernels' kMaxCompactElements (csrc/ops/argument_checks.h), which tests/test_errors.py compares.
-MAX_COMPACT_ELEMENTS = 2**62 - 1
-# The dtypes the ops mask, expand and compress (docs/contract.md, 'Dtypes'): the one table that the
-# fake kernels, the module and the tests read. The kernels' own check (csrc/ops/argument_checks.cpp)
-# must accept exactly these; tests/test_errors.py tries every dtype torch has on both.
-MASKABLE_DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-_NAMES = [str(dtype).replace("torch.", "") for dtype in MASKABLE_DTYPES]
+# The rules' constants come from the kernels' own (csrc/ops/argument_checks.h), so the two cannot
+# differ. The most elements a compact op's matrix may have: 2**62 - 1, a float16 tensor's most.
+MAX_COMPACT_ELEMENTS = _C.MAX_COMPACT_ELEMENTS
+# The dtypes the ops mask, expand and compress (docs/contract.md, 'Dtypes'): the table that the
+# fake kernels, the module and the tests read; tests/test_errors.py tries every dtype torch has on
+# the kernels and the fake kernels.
+_NAMES = _C.maskable_dtype_names()
+MASKABLE_DTYPES = tuple(getattr(torch, name) for name in _NAMES)
 # "float32, float64, float16 or bfloat16": how messages and docstrings name the table.
 MASKABLE_DTYPE_NAMES = ", ".join(_NAMES[:-1]) + " or " + _NAMES[-1]
 

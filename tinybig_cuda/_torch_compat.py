@@ -4,8 +4,6 @@ Each name here is torch's own where this torch has it, and the older spelling of
 where it does not. A feature that an old torch cannot give at all (DTensor rules) says so through
 `require`, naming the release that has it. The C++ half is csrc/ops/torch_compat.h."""
 
-import sys
-
 import torch
 
 TORCH_VERSION = tuple(int(part) for part in torch.__version__.split("+")[0].split(".")[:2])
@@ -19,24 +17,16 @@ is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._utils.is_
 is_dynamo_compiling = getattr(torch.compiler, "is_dynamo_compiling", None) or is_compiling
 
 
-def _not_exporting():
-    return False
-
-
-# torch.compiler.is_exporting (2.5): before it, torch.export traced through torch.compile's
-# machinery and an exported program took the op as torch.compile does.
-is_exporting = getattr(torch.compiler, "is_exporting", None) or _not_exporting
-
-
 def default_device():
-    """The device factory functions use now (torch.get_default_device, 2.3; before it, what an
-    empty tensor is made on, which follows `with torch.device(...)` too)."""
-    get_default_device = getattr(torch, "get_default_device", None)
-    return get_default_device() if get_default_device is not None else torch.empty(0).device
+    """The device factory functions use now, `with torch.device(...)` included: what an empty
+    tensor is made on (torch.get_default_device exists from 2.3 but, in 2.6, misses the context
+    manager)."""
+    return torch.empty(0).device
 
 
-# torch.compile runs on Python 3.12 from torch 2.4 on (torch itself refuses it before).
-COMPILE_SUPPORTED = sys.version_info < (3, 12) or TORCH_VERSION >= (2, 4)
+# torch.compile and torch.export of the package need torch 2.4: torch refuses Python 3.12 before it,
+# and the TorchDynamo of 2.2 and 2.3 cannot trace the entry points' argument checks.
+COMPILE_SUPPORTED = TORCH_VERSION >= (2, 4)
 
 # What each feature needs that older releases lack: (release, the API it needs).
 DTENSOR = ((2, 5), "torch.library.register_torch_dispatch and torch.distributed.tensor")

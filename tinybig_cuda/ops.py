@@ -46,19 +46,19 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     # Traced by torch.compile, p becomes data (below) that the kernel checks when the graph runs,
     # with this same message: an error raised while dynamo traces would reach the user as dynamo's
     # "Unsupported" under fullgraph=True.
-    p = arguments.keep_probability(op, p, check_range=not (_is_dynamo_compiling() and not compat.is_exporting()))
+    p = arguments.keep_probability(op, p, check_range=not _is_dynamo_compiling())
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if row_length is not None:
         row_length = arguments.integer(op, "row_length", row_length)
     if not _dtensor_rules_registered and (type(w) not in arguments.PLAIN_TENSOR_TYPES or type(rng_state) not in arguments.PLAIN_TENSOR_TYPES):
         if arguments.is_dtensor(w) or arguments.is_dtensor(rng_state):
             _register_dtensor_rules()
-    if _is_dynamo_compiling() and not compat.is_exporting():
+    if _is_dynamo_compiling():
         # p as data: torch.compile specialises an op's float argument (a graph per value), not a
         # tensor. After p changes once, torch.compile traces it as a symbolic float held in a
         # tensor, and this product (1.0 * p: exact) becomes that tensor: one graph for any p.
-        # (torch.scalar_tensor(p) would specialise p again.) An exported program has one p: it
-        # keeps the op with p as a float.
+        # (torch.scalar_tensor(p) would specialise p again.) torch.export (non-strict) runs no
+        # TorchDynamo: its program keeps the op with p as a float.
         p_tensor = torch.ones((), dtype=torch.float64, device="cpu") * p
         return handles.bernoulli_mask_apply_p_tensor(w, p_tensor, rng_state, element_offset, row_length)
     if row_length is None:  # the common call, without the argument parsing of a None

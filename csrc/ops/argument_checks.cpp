@@ -5,10 +5,21 @@
 #include <charconv>
 #include <limits>
 #include <string>
+#include <vector>
 
 namespace tinybig_cuda {
 
 namespace {
+
+// "float32, float64, float16 or bfloat16": kMaskableDtypes as messages name them.
+std::string maskable_dtypes_text() {
+  std::string names;
+  for (size_t i = 0; i < kMaskableDtypes.size(); ++i) {
+    if (i > 0) names += i + 1 == kMaskableDtypes.size() ? " or " : ", ";
+    names += kMaskableDtypes[i].name;
+  }
+  return names;
+}
 
 // The shortest text that reads back as `value` (as Python's repr): 1.0000001 must not print as 1.
 std::string shortest_repr(double value) {
@@ -18,6 +29,12 @@ std::string shortest_repr(double value) {
 }
 
 }  // namespace
+
+std::vector<std::string> maskable_dtype_names() {
+  std::vector<std::string> names;
+  for (const MaskableDtype& entry : kMaskableDtypes) names.emplace_back(entry.name);
+  return names;
+}
 
 std::string limit_text(int64_t limit) {
   if (limit == std::numeric_limits<int64_t>::max()) return "2**63 - 1";
@@ -45,9 +62,17 @@ void check_rng_state(const char* op, const at::Tensor& rng_state, const c10::Dev
                     rng_state.device());
 }
 
+void check_non_negative(const char* op, const char* argument, int64_t value) {
+  TORCH_CHECK_VALUE(value >= 0, op, ": expected ", argument, " >= 0, but got ", value);
+}
+
+void check_at_most(const char* op, const char* argument, int64_t value, int64_t limit, const char* why) {
+  TORCH_CHECK_VALUE(value <= limit, op, ": expected ", argument, " <= ", limit_text(limit), " (", why,
+                    "), but got ", value);
+}
+
 void check_element_offset(const char* op, int64_t element_offset, int64_t numel) {
-  TORCH_CHECK_VALUE(element_offset >= 0, op, ": expected element_offset >= 0, but got ",
-                    element_offset);
+  check_non_negative(op, "element_offset", element_offset);
   TORCH_CHECK_VALUE(element_offset <= std::numeric_limits<int64_t>::max() - numel, op,
                     ": expected element_offset + numel <= 2**63 - 1, but got element_offset ",
                     element_offset, " with ", numel, " elements");
@@ -67,10 +92,10 @@ int64_t check_row_length(const char* op, int64_t row_length, int64_t width, int6
 
 void check_maskable_dtype(const char* op, const char* argument, const at::Tensor& tensor) {
   const at::ScalarType dtype = tensor.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kDouble || dtype == at::kHalf ||
-                       dtype == at::kBFloat16,
-                   op, ": expected ", argument,
-                   " to be float32, float64, float16 or bfloat16, but got dtype ", dtype);
+  bool maskable = false;
+  for (const MaskableDtype& entry : kMaskableDtypes) maskable = maskable || entry.type == dtype;
+  TORCH_CHECK_TYPE(maskable, op, ": expected ", argument, " to be ", maskable_dtypes_text(),
+                   ", but got dtype ", dtype);
 }
 
 int64_t check_shape(const char* op, at::IntArrayRef shape, int64_t max_elements) {

@@ -4,21 +4,42 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
 #include <cstdint>
 #include <limits>
 #include <string>
+#include <vector>
 
 namespace tinybig_cuda {
 
+// The argument rules' constants, stated here once: tinybig_cuda/_arguments.py reads them from _C
+// (MAX_COMPACT_ELEMENTS, maskable_dtype_names()) for the fake kernels, the module and the tests.
+//
 // The most elements a compact op's matrix may have: 2**62 - 1, as many as a float16 tensor can
-// hold (a tensor holds at most 2**63 - 1 bytes). tinybig_cuda/_arguments.py states it for the fake
-// kernels; tests/test_errors.py checks that both agree (the compiled module exports it).
+// hold (a tensor holds at most 2**63 - 1 bytes).
 constexpr int64_t kMaxCompactElements = std::numeric_limits<int64_t>::max() / 2;
+
+// The dtypes the ops mask, expand and compress (docs/contract.md, 'Dtypes'), with their names in
+// Python (torch.float32, ...), in the order messages list them.
+struct MaskableDtype {
+  at::ScalarType type;
+  const char* name;
+};
+constexpr std::array<MaskableDtype, 4> kMaskableDtypes{{{at::kFloat, "float32"},
+                                                        {at::kDouble, "float64"},
+                                                        {at::kHalf, "float16"},
+                                                        {at::kBFloat16, "bfloat16"}}};
+// Their names, for _C.maskable_dtype_names().
+std::vector<std::string> maskable_dtype_names();
 
 // "2**63 - 1" and "2**62 - 1" for the two limits, the number for any other.
 std::string limit_text(int64_t limit);
 
 void check_keep_probability(const char* op, double p);
+// value >= 0, an integer argument's sign.
+void check_non_negative(const char* op, const char* argument, int64_t value);
+// value <= limit; `why` says where the limit comes from.
+void check_at_most(const char* op, const char* argument, int64_t value, int64_t limit, const char* why);
 // rng_state must be an int64 [seed, offset] on `device`, the data's; or on the CPU as well where
 // `cpu_allowed` (the compact ops: the host then knows the mask's count without waiting for the
 // device).

@@ -60,6 +60,25 @@ SavedMask load_mask(AutogradContext* context) {
           context->saved_data["element_offset"].toSymInt()};
 }
 
+// bernoulli_mask_apply's backward, the one both recorders below run: the same mask applied to the
+// gradient, through the dispatcher (with autograd), so a double backward is recorded too.
+at::Tensor mask_apply_backward(const at::Tensor& grad, double p, const at::Tensor& rng_state,
+                               const c10::SymInt& element_offset, const std::optional<c10::SymInt>& row_length) {
+  return call_mask_apply(grad, p, rng_state, element_offset, row_length);
+}
+
+// What torch::autograd::Function checks before it records anything, for the calls that record no
+// Function: no torch.func transform, and no forward-mode tangent (there is no jvp).
+void check_reverse_mode_only(const at::Tensor& w) {
+  if (const auto& functorch = at::functorch::functorchTLSAccessor()) {
+    functorch->checkSupportsCppAutogradFunction();
+  }
+  TORCH_CHECK(!torch::autograd::isFwGradDefined(w),
+              "tinybig_cuda.bernoulli_mask_apply: forward-mode AD got a tangent for w, but jvp is not "
+              "implemented for this op; use reverse mode (backward)");
+}
+
+// The op's recorder: a torch::autograd::Function, which compiled autograd supports.
 class MaskApply : public torch::autograd::Function<MaskApply> {
  public:
   static at::Tensor forward(AutogradContext* context, const at::Tensor& w, double p,
@@ -73,19 +92,29 @@ class MaskApply : public torch::autograd::Function<MaskApply> {
 
   static variable_list backward(AutogradContext* context, variable_list grad_outputs) {
     const SavedMask mask = load_mask(context);
-    const std::optional<c10::SymInt> row_length =
-        context->saved_data["row_length"].toOptional<c10::SymInt>();
-    return {call_mask_apply(grad_outputs[0], mask.p, mask.rng_state, mask.element_offset, row_length),
+    return {mask_apply_backward(grad_outputs[0], mask.p, mask.rng_state, mask.element_offset,
+                                context->saved_data["row_length"].toOptional<c10::SymInt>()),
             at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
   }
 };
 
-// The module's eager call records bernoulli_mask_apply's backward as this plain autograd Node
+// The op's Autograd kernel: MaskApply where a gradient can flow to w; otherwise (grad disabled,
+// or a w that requires none) the kernel below, with no node made, after MaskApply's checks.
+at::Tensor mask_apply_autograd(const at::Tensor& w, double p, const at::Tensor& rng_state,
+                               c10::SymInt element_offset, std::optional<c10::SymInt> row_length) {
+  if (torch::autograd::compute_requires_grad(w)) {
+    return MaskApply::apply(w, p, rng_state, std::move(element_offset), std::move(row_length));
+  }
+  check_reverse_mode_only(w);
+  at::AutoDispatchBelowADInplaceOrView below_autograd;
+  return call_mask_apply(w, p, rng_state, element_offset, row_length);
+}
+
+// The module's eager call (mask_apply_with_history) records the same backward as this plain Node
 // rather than MaskApply: a torch::autograd::Function's context (a string-keyed map of saved
-// values, input and output bookkeeping) cost more than the op itself at tinyBIG's sizes. It saves
-// the same (the state, p and the offset), but has no compiled-autograd support, so the module
-// takes the op (and MaskApply) while compiled autograd is on. The module masks whole tensors, so
-// this node has no row_length.
+// values, input and output bookkeeping) costs more than the op itself at tinyBIG's sizes. It has
+// no compiled-autograd support, so the module takes the op (and MaskApply) while compiled autograd
+// is on. The module masks whole tensors, so this node has no row_length.
 struct MaskApplyBackward final : public torch::autograd::Node {
   torch::autograd::SavedVariable rng_state;  // checks, at unpack, that no one wrote to the state
   double p = 0.0;
@@ -94,8 +123,7 @@ struct MaskApplyBackward final : public torch::autograd::Node {
 
   variable_list apply(variable_list&& grads) override {
     if (!grads[0].defined()) return {at::Tensor()};
-    // Through the dispatcher (with autograd), so a double backward is recorded too.
-    at::Tensor grad_w = call_mask_apply(grads[0], p, rng_state.unpack(getptr()), element_offset, std::nullopt);
+    at::Tensor grad_w = mask_apply_backward(grads[0], p, rng_state.unpack(getptr()), element_offset, std::nullopt);
     return {grad_w.sym_sizes() == c10::SymIntArrayRef(input_sizes) ? grad_w : grad_w.view_symint(input_sizes)};
   }
   std::string name() const override { return "BernoulliMaskApplyBackward"; }
@@ -175,13 +203,7 @@ class MaskCompress : public torch::autograd::Function<MaskCompress> {
 at::Tensor mask_apply_with_history(const at::Tensor& w, double p, const at::Tensor& rng_state,
                                    const c10::SymInt& element_offset,
                                    std::optional<c10::SymIntArrayRef> output_sizes) {
-  // What torch::autograd::Function does for the other ops: no functorch transform, no forward AD.
-  if (const auto& functorch = at::functorch::functorchTLSAccessor()) {
-    functorch->checkSupportsCppAutogradFunction();
-  }
-  TORCH_CHECK(!torch::autograd::isFwGradDefined(w),
-              "tinybig_cuda.bernoulli_mask_apply: forward-mode AD got a tangent for w, but jvp is not "
-              "implemented for this op; use reverse mode (backward)");
+  check_reverse_mode_only(w);
   at::Tensor output;
   {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
@@ -202,10 +224,7 @@ at::Tensor mask_apply_with_history(const at::Tensor& w, double p, const at::Tens
 }
 
 TORCH_LIBRARY_IMPL(tinybig_cuda, Autograd, m) {
-  m.impl("bernoulli_mask_apply", [](const at::Tensor& w, double p, const at::Tensor& rng_state,
-                                    c10::SymInt element_offset, std::optional<c10::SymInt> row_length) {
-    return MaskApply::apply(w, p, rng_state, std::move(element_offset), std::move(row_length));
-  });
+  m.impl("bernoulli_mask_apply", mask_apply_autograd);
   m.impl("bernoulli_mask_apply_p_tensor",
          [](const at::Tensor& w, const at::Tensor& p, const at::Tensor& rng_state, c10::SymInt element_offset,
             std::optional<c10::SymInt> row_length) {

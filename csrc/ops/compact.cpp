@@ -17,9 +17,8 @@ constexpr const char* kExpandOp = "tinybig_cuda.bernoulli_mask_expand";
 constexpr const char* kCompressOp = "tinybig_cuda.bernoulli_mask_compress";
 
 void check_count_arguments(int64_t numel, double p, const at::Tensor& rng_state, int64_t element_offset) {
-  TORCH_CHECK_VALUE(numel >= 0, kCountOp, ": expected numel >= 0, but got ", numel);
-  TORCH_CHECK_VALUE(numel <= kMaxCompactElements, kCountOp, ": expected numel <= 2**62 - 1 (the most ",
-                    "elements a float16 matrix can have), but got ", numel);
+  check_non_negative(kCountOp, "numel", numel);
+  check_at_most(kCountOp, "numel", numel, kMaxCompactElements, "the most elements a float16 matrix can have");
   check_keep_probability(kCountOp, p);
   check_rng_state(kCountOp, rng_state, rng_state.device());
   check_element_offset(kCountOp, element_offset, numel);
@@ -44,9 +43,8 @@ int64_t check_expand_arguments(const at::Tensor& values, double p, const at::Ten
 void check_compress_arguments(const at::Tensor& full, double p, const at::Tensor& rng_state,
                               int64_t kept_count, int64_t element_offset) {
   check_maskable_dtype(kCompressOp, "full", full);
-  TORCH_CHECK_VALUE(kept_count >= 0, kCompressOp, ": expected kept_count >= 0, but got ", kept_count);
-  TORCH_CHECK_VALUE(kept_count <= full.numel(), kCompressOp, ": expected kept_count <= ", full.numel(),
-                    " (a mask keeps at most every entry of full), but got ", kept_count);
+  check_non_negative(kCompressOp, "kept_count", kept_count);
+  check_at_most(kCompressOp, "kept_count", kept_count, full.numel(), "a mask keeps at most every entry of full");
   check_keep_probability(kCompressOp, p);
   check_rng_state(kCompressOp, rng_state, full.device(), /*cpu_allowed=*/true);
   check_element_offset(kCompressOp, element_offset, full.numel());

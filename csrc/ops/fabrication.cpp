@@ -4,6 +4,7 @@
 #include <c10/core/InferenceMode.h>
 #include <c10/core/impl/LocalDispatchKeySet.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/randint.h>
 
 #include <array>
@@ -31,15 +32,16 @@ at::Tensor draw_rng_state(const c10::Device& device) {
   return at::randint(lowest, highest, {2}, at::TensorOptions().dtype(at::kLong).device(device));
 }
 
-namespace {
-
-// The state a call uses becomes the module's buffer (the fixed one on w's device, or a fresh one):
-// made outside inference mode, so that a call under torch.inference_mode() does not leave an
-// inference tensor that training can not save for backward nor reset_parameters() write.
-at::Tensor buffer_on(const at::Tensor& state, const c10::Device& device) {
+at::Tensor rng_state_on(const at::Tensor& state, const c10::Device& device) {
+  if (state.device() == device) return state;
+  // Made outside inference mode: the module keeps it as its buffer, and an inference tensor could
+  // neither be saved for backward in training nor be written by reset_parameters().
   const c10::InferenceMode outside_inference_mode(/*enabled=*/false);
+  if (device.is_meta()) return at::empty_like(state, state.options().device(device));  // no data to copy
   return state.to(device);
 }
+
+namespace {
 
 at::Tensor fresh_buffer(const c10::Device& device) {
   const c10::InferenceMode outside_inference_mode(/*enabled=*/false);
@@ -51,9 +53,7 @@ at::Tensor fresh_buffer(const c10::Device& device) {
 std::tuple<at::Tensor, at::Tensor> masked_fabrication(const at::Tensor& w, int64_t n, int64_t D,
                                                       double p,
                                                       const std::optional<at::Tensor>& rng_state) {
-  at::Tensor state = !rng_state ? fresh_buffer(w.device())
-                     : rng_state->device() == w.device() ? *rng_state
-                                                          : buffer_on(*rng_state, w.device());
+  at::Tensor state = rng_state ? rng_state_on(*rng_state, w.device()) : fresh_buffer(w.device());
   at::Tensor matrix;
   if (c10::impl::tls_is_dispatch_key_included(c10::DispatchKey::FuncTorchDynamicLayerFrontMode)) {
     // A torch.func transform is active: take every dispatch key the op has (vmap's included).

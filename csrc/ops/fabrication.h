@@ -18,10 +18,16 @@ namespace tinybig_cuda {
 // a randint made on the device, so a CUDA state costs no host sync.
 at::Tensor draw_rng_state(const c10::Device& device);
 
+// Where masking_reconciliation's fixed rng_state lives relative to w: on w's device. Returns
+// `state` itself when it is on `device`; otherwise a copy there, made outside inference mode, which
+// the module keeps as its buffer for good; on the meta device (shape inference), a data-less
+// state for that call only (the module keeps its own).
+at::Tensor rng_state_on(const at::Tensor& state, const c10::Device& device);
+
 // masking_reconciliation's call: bernoulli_mask_apply(w, p, rng_state) as an (n, D) matrix, w of
 // n*D elements (checked by the caller) and any shape. Returns the matrix and the state it used:
-// a fresh one (drawn on w's device) when rng_state is absent, else rng_state, moved to w's device
-// if it was elsewhere (the module keeps what comes back).
+// a fresh one (drawn on w's device) when rng_state is absent, else rng_state_on(rng_state, w's
+// device) (the module keeps what comes back, unless it is a meta state).
 std::tuple<at::Tensor, at::Tensor> masked_fabrication(const at::Tensor& w, int64_t n, int64_t D,
                                                       double p,
                                                       const std::optional<at::Tensor>& rng_state);

@@ -9,7 +9,7 @@
 #include <ATen/core/Tensor.h>
 #include <torch/library.h>
 
-#include "mask_window.h"
+#include "core/mask_window.h"
 
 namespace tinybig_cuda {
 

@@ -1,5 +1,5 @@
 // The schemas of the tinybig_cuda ops: their one declaration. The kernels are registered per
-// device (cpu/, cuda/, ops/fallback_kernels.cpp), autograd in ops/autograd.cpp, and the fake
+// device (ops/cpu/, ops/cuda/, ops/fallback_kernels.cpp), autograd in ops/autograd.cpp, and the fake
 // kernels torch.compile traces with in tinybig_cuda/ops.py and compact.py.
 #include <torch/library.h>
 

@@ -1,6 +1,6 @@
 // tinybig_cuda._C: the Python-side controls of the op library: CPU instruction-set selection, the
 // output cache, the module's one-trip eager call, build facts. The ops themselves are in the op
-// library (csrc/ops, csrc/cpu, csrc/cuda), registered in torch.ops.tinybig_cuda, and need no
+// library (csrc/core, csrc/ops), registered in torch.ops.tinybig_cuda, and need no
 // Python. _C calls the library's functions by name: tinybig_cuda/_library.py loads the library
 // (RTLD_GLOBAL) before it imports _C.
 #include <pybind11/pybind11.h>
@@ -12,13 +12,13 @@
 #include <string>
 #include <vector>
 
-#include "cpu/isa.h"
+#include "core/cpu/isa.h"
 #include "ops/build.h"
 #include "ops/argument_checks.h"
 #include "ops/fabrication.h"
-#include "ops/mask_cache.h"
+#include "core/mask_cache.h"
 #include "ops/output_memory.h"
-#include "philox_mask.h"
+#include "core/philox_mask.h"
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
   namespace tc = tinybig_cuda;
@@ -64,10 +64,18 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, module) {
              "Forgets every mask the compact ops counted, freeing their ranks (on the GPU too).");
   module.def("draw_rng_state", &tc::draw_rng_state,
              "A fresh int64 [seed, offset] on the device, from torch's default generator for it.");
+  module.def("rng_state_on", &tc::rng_state_on,
+             "masking_reconciliation's fixed rng_state as a call on the device uses it: the state itself "
+             "if it is there, else a copy there made outside inference mode (the module's buffer from "
+             "then on), or, on the meta device, a data-less one for that call.");
   module.def("masked_fabrication", &tc::masked_fabrication,
              "masking_reconciliation's eager call in one trip into C++: (the (n, D) matrix, the state "
              "it used: rng_state on w's device, or a fresh one when rng_state is None).");
+  // The argument rules' constants (ops/argument_checks.h), for tinybig_cuda/_arguments.py.
   module.attr("MAX_COMPACT_ELEMENTS") = tc::kMaxCompactElements;
+  module.def("maskable_dtype_names", &tc::maskable_dtype_names,
+             "The names (in torch) of the dtypes the ops mask, expand and compress, in the order "
+             "messages list them.");
   module.def("has_cuda_kernels", &tc::built_with_cuda_kernels,
              "Whether the op library was built with its CUDA kernels.");
 }

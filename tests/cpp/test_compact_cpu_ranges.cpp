@@ -1,4 +1,4 @@
-// The CPU compact ranges (cpu/compact_ranges.h) on every instruction-set path this CPU runs,
+// The CPU compact ranges (core/cpu/compact_ranges.h) on every instruction-set path this CPU runs,
 // against a scalar reference built on keeps_element: counts, and expand and compress of a
 // tensor split into chunks at awkward places, each chunk starting from its rank.
 #include <cstring>
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "check.h"
-#include "cpu/compact_ranges.h"
+#include "core/cpu/compact_ranges.h"
 
 using namespace tinybig_cuda;
 

@@ -1,4 +1,4 @@
-// Runs the CUDA compact kernels' per-thread bodies (cuda/compact_body.h) on the host, kernel after
+// Runs the CUDA compact kernels' per-thread bodies (core/cuda/compact_body.h) on the host, kernel after
 // kernel, for every thread of simulated launches, and compares the count, the expanded matrix
 // and the compressed values with a scalar reference built on keeps_element, bit for bit.
 #include <cstring>
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "check.h"
-#include "cuda/compact_body.h"
+#include "core/cuda/compact_body.h"
 
 using namespace tinybig_cuda;
 

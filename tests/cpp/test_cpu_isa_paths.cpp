@@ -7,7 +7,7 @@
 #include <vector>
 
 #include "check.h"
-#include "cpu/masked_copy.h"
+#include "core/cpu/masked_copy.h"
 
 using namespace tinybig_cuda;
 

@@ -1,4 +1,4 @@
-// The cache of counted masks (csrc/ops/mask_cache.h) that the compact kernels share: a mask is
+// The cache of counted masks (csrc/core/mask_cache.h) that the compact kernels share: a mask is
 // found only under its whole identity, the least recently used masks go first, the limits hold,
 // and clear_mask_caches() empties every cache and frees what it held.
 #include <memory>
@@ -6,7 +6,7 @@
 #include <vector>
 
 #include "check.h"
-#include "ops/mask_cache.h"
+#include "core/mask_cache.h"
 
 using namespace tinybig_cuda;
 

@@ -3,8 +3,8 @@
 #include <vector>
 
 #include "check.h"
-#include "cpu/masked_copy.h"
-#include "philox_mask.h"
+#include "core/cpu/masked_copy.h"
+#include "core/philox_mask.h"
 
 using namespace tinybig_cuda;
 

@@ -5,9 +5,9 @@
 #include <vector>
 
 #include "check.h"
-#include "cpu/masked_copy.h"
-#include "cuda/masked_copy_body.h"
-#include "mask_window.h"
+#include "core/cpu/masked_copy.h"
+#include "core/cuda/masked_copy_body.h"
+#include "core/mask_window.h"
 
 using namespace tinybig_cuda;
 

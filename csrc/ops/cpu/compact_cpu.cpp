@@ -14,10 +14,10 @@
 #include <optional>
 #include <vector>
 
-#include "cpu/compact_ranges.h"
-#include "ops/cpu/mask_key.h"
+#include "core/cpu/compact_ranges.h"
+#include "ops/mask_key.h"
 #include "ops/compact.h"
-#include "ops/mask_cache.h"
+#include "core/mask_cache.h"
 
 namespace tinybig_cuda {
 namespace {

@@ -6,10 +6,10 @@
 #include <algorithm>
 #include <cstring>
 
-#include "cpu/masked_copy.h"
-#include "element_size.h"
-#include "mask_window.h"
-#include "ops/cpu/mask_key.h"
+#include "core/cpu/masked_copy.h"
+#include "core/element_size.h"
+#include "core/mask_window.h"
+#include "ops/mask_key.h"
 #include "ops/masking.h"
 
 namespace tinybig_cuda {

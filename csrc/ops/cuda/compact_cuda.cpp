@@ -3,8 +3,8 @@
 //
 // Expand and compress must refuse a wrong count, so the host must know the mask's count:
 //   - rng_state on the CPU: the host reads the state without waiting for the device, and a mask
-//     ranked once stays in a cache keyed on its identity (ops/mask_cache.h), with its count. Every
-//     later call on it is one kernel (kernel 5 of cuda/compact_body.h) and no host sync.
+//     ranked once stays in a cache keyed on its identity (core/mask_cache.h), with its count. Every
+//     later call on it is one kernel (kernel 5 of core/cuda/compact_body.h) and no host sync.
 //   - rng_state on the GPU: the host cannot know the state's value without waiting for it, so
 //     each call ranks the mask and copies its count back: one host sync per call.
 // While a CUDA graph is captured nothing may sync, and each replay must read the state's value at
@@ -20,16 +20,16 @@
 
 #include <optional>
 
-#include "cuda/compact_launch.h"
+#include "core/cuda/compact_launch.h"
 #include "ops/compact.h"
-#include "ops/cpu/mask_key.h"
-#include "ops/mask_cache.h"
-#include "philox_mask.h"
+#include "ops/mask_key.h"
+#include "core/mask_cache.h"
+#include "core/philox_mask.h"
 
 namespace tinybig_cuda {
 namespace {
 
-// A mask ranked on the device (cuda/compact_launch.h), and its kept count when the host knows it.
+// A mask ranked on the device (core/cuda/compact_launch.h), and its kept count when the host knows it.
 struct RankedMask {
   at::Tensor scratch;
   std::optional<int64_t> kept;  // unknown while a CUDA graph is captured, where no sync is allowed
@@ -47,7 +47,7 @@ MaskKeySource key_source(const at::Tensor& rng_state, double p) {
   return MaskKeySource{rng_state.const_data_ptr<int64_t>(), MaskKey{0, 0, keep_threshold(p)}};
 }
 
-// Kernels 1-3 of cuda/compact_body.h into a fresh scratch: the kept count goes to `total` (device
+// Kernels 1-3 of core/cuda/compact_body.h into a fresh scratch: the kept count goes to `total` (device
 // memory; by default the scratch's last word), the chunk counts stay for kernel 4.
 at::Tensor count_into_scratch(int64_t numel, const MaskKeySource& source, uint64_t element_offset,
                               const at::TensorOptions& options, const c10::cuda::CUDAStream& stream,

@@ -4,9 +4,9 @@
 #include <c10/cuda/CUDAStream.h>
 #include <torch/library.h>
 
-#include "cuda/masked_copy_launch.h"
+#include "core/cuda/masked_copy_launch.h"
 #include "ops/masking.h"
-#include "philox_mask.h"
+#include "core/philox_mask.h"
 
 namespace tinybig_cuda {
 namespace {

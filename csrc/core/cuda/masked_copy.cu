@@ -1,7 +1,7 @@
-#include "cuda/launch.h"
-#include "cuda/masked_copy_body.h"
-#include "cuda/masked_copy_launch.h"
-#include "element_size.h"
+#include "core/cuda/launch.h"
+#include "core/cuda/masked_copy_body.h"
+#include "core/cuda/masked_copy_launch.h"
+#include "core/element_size.h"
 
 namespace tinybig_cuda {
 namespace {

@@ -11,10 +11,6 @@
 // The features each x86 path is compiled with; cpu_supports() checks exactly these.
 #define TINYBIG_TARGET_AVX2 __attribute__((target("avx2,popcnt")))
 #define TINYBIG_TARGET_AVX512 __attribute__((target("avx512f,avx512bw,avx512vl,popcnt")))
-// 2-byte compress and expand on the AVX-512 path (VPCOMPRESSW, VPEXPANDW); checked per call by
-// cpu_supports_avx512_vbmi2(), and done by the AVX2 path's code on CPUs without it.
-#define TINYBIG_TARGET_AVX512_VBMI2 \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vbmi2,popcnt")))
 
 namespace tinybig_cuda {
 
@@ -26,7 +22,6 @@ constexpr CpuIsa kAllCpuIsas[] = {CpuIsa::kScalar, CpuIsa::kAvx2, CpuIsa::kAvx51
 const char* cpu_isa_name(CpuIsa isa);
 CpuIsa cpu_isa_from_name(const std::string& name);  // throws std::invalid_argument
 bool cpu_supports(CpuIsa isa);
-bool cpu_supports_avx512_vbmi2();
 
 // The path used by default is the fastest this CPU supports; tests and benchmarks may force
 // another. set_active_cpu_isa throws std::invalid_argument for an unsupported one.

@@ -20,7 +20,7 @@
 #include <pthread.h>
 #endif
 
-#include "philox_mask.h"
+#include "core/philox_mask.h"
 
 namespace tinybig_cuda {
 

@@ -9,7 +9,7 @@
 
 #include <cstdint>
 
-#include "philox_mask.h"
+#include "core/philox_mask.h"
 
 namespace tinybig_cuda {
 

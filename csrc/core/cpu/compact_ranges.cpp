@@ -1,23 +1,25 @@
-#include "cpu/compact_ranges.h"
+#include "core/cpu/compact_ranges.h"
 
 #include <algorithm>
 #include <cstring>
 
-#include "cpu/masked_copy.h"
-#include "element_size.h"
+#include "core/cpu/masked_copy.h"
+#include "core/element_size.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "cpu/philox_avx2.h"
+#include "core/cpu/philox_avx2.h"
+#include "core/cpu/philox_avx512.h"
 #endif
 
 namespace tinybig_cuda {
 namespace {
 
 // The count, expand and compress run the same vectorized Philox as bernoulli_mask_apply, so they
-// cannot disagree with it. The AVX2 path takes each vector of keep lanes from
-// philox_keep_steps_avx2 as the masked copy does; the scalar and AVX-512 paths, and the partial
+// cannot disagree with it. The AVX2 and AVX-512 paths take each vector of keep lanes from
+// philox_keep_steps_avx2 or philox_keep_steps_avx512 as the masked copy does, and move values
+// while the lanes are in registers: one pass, as the masked copy. The scalar path, and the partial
 // steps at a range's ends, make the mask a tile at a time as bytes (1 kept, 0 dropped) by the
 // masked copy of a tile of ones. A tile's bytes stay in L1.
 constexpr int64_t kTileElements = 2048;
@@ -54,12 +56,12 @@ int64_t count_bytes(const uint8_t* keep, int64_t length) {
 // Both loops are branch-free: a random mask would mispredict half the branches of the obvious
 // ones. Keep bytes are 0 or 1, so 0 - keep is all-ones or zero bits.
 
-// Elements [j, length) of a tile; `rank` moves past the kept ones.
+// The `length` elements of a tile; `rank` moves past the kept ones.
 template <typename Bits>
 void expand_tile_scalar(const Bits* values, int64_t values_count, Bits* out, const uint8_t* keep,
-                        int64_t j, int64_t length, int64_t& rank) {
+                        int64_t length, int64_t& rank) {
   const int64_t last = values_count - 1;  // values_count > 0 here
-  for (; j < length; ++j) {
+  for (int64_t j = 0; j < length; ++j) {
     const Bits value = values[rank < last ? rank : last];  // always in bounds
     const Bits use = static_cast<Bits>(keep[j] & static_cast<uint8_t>(rank < values_count));
     out[j] = static_cast<Bits>(value & static_cast<Bits>(Bits(0) - use));
@@ -67,88 +69,18 @@ void expand_tile_scalar(const Bits* values, int64_t values_count, Bits* out, con
   }
 }
 
-// Kept elements of [j, length) to out[kept...], below `room`: unconditional stores, each dropped
-// element's overwritten by the next kept one (which exists while kept < room).
+// The kept ones of a tile's `length` elements to out[kept...], below `room`: unconditional stores,
+// each dropped element's overwritten by the next kept one (which exists while kept < room).
 template <typename Bits>
-void compress_tile_scalar(const Bits* in, Bits* out, const uint8_t* keep, int64_t j, int64_t length,
+void compress_tile_scalar(const Bits* in, Bits* out, const uint8_t* keep, int64_t length,
                           int64_t room, int64_t& kept) {
-  for (; j < length; ++j) {
+  for (int64_t j = 0; j < length; ++j) {
     if (kept < room) out[kept] = in[j];  // always true but at the range's last kept elements
     kept += keep[j];
   }
 }
 
-// ---------------------------------------------------------------- one tile, AVX-512
-// VPEXPAND loads exactly the kept count of values into the kept lanes (a masked load, so it never
-// touches memory past them); VPCOMPRESS packs the kept lanes of a register. 2-byte lanes need
-// AVX512_VBMI2 besides the AVX-512 path's F, BW and VL. Each returns where the scalar loop goes on.
 #if defined(__x86_64__)
-TINYBIG_TARGET_AVX512 inline uint32_t keep_bits_avx512(const uint8_t* keep, int lanes) {
-  if (lanes == 32) {
-    return _mm256_test_epi8_mask(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(keep)), _mm256_set1_epi8(1));
-  }
-  const __m128i bytes = lanes == 16 ? _mm_loadu_si128(reinterpret_cast<const __m128i*>(keep))
-                                    : _mm_loadl_epi64(reinterpret_cast<const __m128i*>(keep));
-  return _mm_test_epi8_mask(bytes, _mm_set1_epi8(1));  // bytes past 8 are zero for 8 lanes
-}
-
-// One 64-byte vector of lanes: expand-load from values + rank, or compress a loaded vector.
-TINYBIG_TARGET_AVX512 inline __m512i expand_load(uint32_t keep, const uint32_t* values) {
-  return _mm512_maskz_expandloadu_epi32(static_cast<__mmask16>(keep), values);
-}
-TINYBIG_TARGET_AVX512 inline __m512i expand_load(uint32_t keep, const uint64_t* values) {
-  return _mm512_maskz_expandloadu_epi64(static_cast<__mmask8>(keep), values);
-}
-TINYBIG_TARGET_AVX512_VBMI2 inline __m512i expand_load(uint32_t keep, const uint16_t* values) {
-  return _mm512_maskz_expandloadu_epi16(keep, values);
-}
-TINYBIG_TARGET_AVX512 inline __m512i compress(uint32_t keep, __m512i vector, const uint32_t*) {
-  return _mm512_maskz_compress_epi32(static_cast<__mmask16>(keep), vector);
-}
-TINYBIG_TARGET_AVX512 inline __m512i compress(uint32_t keep, __m512i vector, const uint64_t*) {
-  return _mm512_maskz_compress_epi64(static_cast<__mmask8>(keep), vector);
-}
-TINYBIG_TARGET_AVX512_VBMI2 inline __m512i compress(uint32_t keep, __m512i vector, const uint16_t*) {
-  return _mm512_maskz_compress_epi16(keep, vector);
-}
-
-#define TINYBIG_DEFINE_TILE_AVX512(Bits, target)                                                  \
-  target int64_t expand_tile_avx512(const Bits* values, int64_t values_count, Bits* out,         \
-                                    const uint8_t* keep, int64_t length, int64_t& rank) {         \
-    constexpr int kLanes = 64 / sizeof(Bits);                                                     \
-    int64_t j = 0;                                                                                \
-    for (; j + kLanes <= length; j += kLanes) {                                                   \
-      const uint32_t bits = keep_bits_avx512(keep + j, kLanes);                                   \
-      const int64_t kept = _mm_popcnt_u32(bits);                                                  \
-      if (rank + kept > values_count) break; /* the scalar loop zeroes what lies past values */  \
-      _mm512_storeu_si512(out + j, expand_load(bits, values + rank));                             \
-      rank += kept;                                                                               \
-    }                                                                                             \
-    return j;                                                                                     \
-  }                                                                                               \
-  target int64_t compress_tile_avx512(const Bits* in, Bits* out, const uint8_t* keep,            \
-                                      int64_t length, int64_t room, int64_t& kept) {              \
-    constexpr int kLanes = 64 / sizeof(Bits);                                                     \
-    int64_t j = 0;                                                                                \
-    for (; j + kLanes <= length && kept + kLanes <= room; j += kLanes) {                          \
-      const uint32_t bits = keep_bits_avx512(keep + j, kLanes);                                   \
-      _mm512_storeu_si512(out + kept, compress(bits, _mm512_loadu_si512(in + j), in));            \
-      kept += _mm_popcnt_u32(bits);                                                               \
-    }                                                                                             \
-    return j;                                                                                     \
-  }
-
-TINYBIG_DEFINE_TILE_AVX512(uint16_t, TINYBIG_TARGET_AVX512_VBMI2)
-TINYBIG_DEFINE_TILE_AVX512(uint32_t, TINYBIG_TARGET_AVX512)
-TINYBIG_DEFINE_TILE_AVX512(uint64_t, TINYBIG_TARGET_AVX512)
-#undef TINYBIG_DEFINE_TILE_AVX512
-
-template <typename Bits>
-bool has_avx512_tiles(CpuIsa isa) {
-  if (isa != CpuIsa::kAvx512 || sizeof(Bits) == 1) return false;
-  return sizeof(Bits) != 2 || cpu_supports_avx512_vbmi2();
-}
-
 // ---------------------------------------------------------------- AVX2, fused with Philox
 // No keep bytes: philox_keep_steps_avx2 hands over each vector of 8 keep lanes while it is in
 // registers. AVX2 has no expand or compress instruction, so a table indexed by the 8 keep bits
@@ -298,26 +230,106 @@ struct CompressAvx2 {
   }
 };
 
-// The whole Philox blocks of [begin, end) that fill whole AVX2 steps.
-struct Avx2Span {
+// ---------------------------------------------------------------- AVX-512, fused with Philox
+// philox_keep_steps_avx512 hands over the 16 keep bits of each vector. VPEXPAND moves values into
+// the kept lanes and VPCOMPRESS the kept lanes to the front: on 4-byte lanes for 4-byte elements,
+// on two vectors of 8-byte lanes for 8-byte ones, and 2-byte elements are widened to 4-byte lanes
+// and narrowed back (VPEXPANDW and VPCOMPRESSW need AVX512_VBMI2, which not every AVX-512 CPU has).
+
+// Counts the kept lanes.
+struct CountAvx512 {
+  int64_t kept = 0;
+  TINYBIG_TARGET_AVX512 inline void operator()(int64_t, __mmask16 keep) { kept += _mm_popcnt_u32(keep); }
+};
+
+// As ExpandAvx2: out[element + lane] = values[rank...] in the kept lanes, zero bits in the dropped
+// ones, and never a read of values[values_count] or beyond. The loads read exactly the kept count.
+template <typename Bits>
+struct ExpandAvx512 {
+  const Bits* values;
+  int64_t values_count;
+  Bits* out;
+  int64_t rank;
+
+  TINYBIG_TARGET_AVX512 inline void operator()(int64_t element, __mmask16 keep) {
+    const int kept = _mm_popcnt_u32(keep);
+    Bits* to = out + element;
+    if (rank + kept > values_count) {  // past the end of values: one lane at a time
+      for (int lane = 0; lane < 16; ++lane) {
+        const bool is_kept = (keep >> lane) & 1;
+        to[lane] = is_kept && rank < values_count ? values[rank] : Bits(0);
+        rank += is_kept;
+      }
+      return;
+    }
+    const Bits* from = values + rank;
+    if constexpr (sizeof(Bits) == 4) {
+      _mm512_storeu_si512(to, _mm512_maskz_expandloadu_epi32(keep, from));
+    } else if constexpr (sizeof(Bits) == 8) {
+      const __mmask8 low = static_cast<__mmask8>(keep), high = static_cast<__mmask8>(keep >> 8);
+      _mm512_storeu_si512(to, _mm512_maskz_expandloadu_epi64(low, from));
+      _mm512_storeu_si512(to + 8, _mm512_maskz_expandloadu_epi64(high, from + _mm_popcnt_u32(low)));
+    } else {
+      const __mmask16 first_kept = static_cast<__mmask16>((1u << kept) - 1);
+      const __m512i wide = _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(first_kept, from));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(to), _mm512_cvtepi32_epi16(_mm512_maskz_expand_epi32(keep, wide)));
+    }
+    rank += kept;
+  }
+};
+
+// As CompressAvx2: values[kept...] = in[element + lane] of the kept lanes, writing only below
+// `room`; a store writes 16 lanes from `kept` on.
+template <typename Bits>
+struct CompressAvx512 {
+  const Bits* in;
+  Bits* values;
+  int64_t room;
+  int64_t kept;
+
+  TINYBIG_TARGET_AVX512 inline void operator()(int64_t element, __mmask16 keep) {
+    const Bits* from = in + element;
+    if (kept + 16 > room) {
+      for (int lane = 0; lane < 16; ++lane) {
+        if (kept < room) values[kept] = from[lane];
+        kept += (keep >> lane) & 1;
+      }
+      return;
+    }
+    if constexpr (sizeof(Bits) == 4) {
+      _mm512_storeu_si512(values + kept, _mm512_maskz_compress_epi32(keep, _mm512_loadu_si512(from)));
+    } else if constexpr (sizeof(Bits) == 8) {
+      const __mmask8 low = static_cast<__mmask8>(keep), high = static_cast<__mmask8>(keep >> 8);
+      _mm512_storeu_si512(values + kept, _mm512_maskz_compress_epi64(low, _mm512_loadu_si512(from)));
+      _mm512_storeu_si512(values + kept + _mm_popcnt_u32(low), _mm512_maskz_compress_epi64(high, _mm512_loadu_si512(from + 8)));
+    } else {
+      const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(from)));
+      _mm256_storeu_si256(reinterpret_cast<__m256i*>(values + kept), _mm512_cvtepi32_epi16(_mm512_maskz_compress_epi32(keep, wide)));
+    }
+    kept += _mm_popcnt_u32(keep);
+  }
+};
+
+// The whole Philox blocks of [begin, end) that fill whole vector steps of `step_elements`.
+struct VectorSpan {
   uint64_t first_block;
   int64_t begin;  // of the vector part; [range begin, begin) and [end, range end) are left over
   int64_t end;
   int64_t steps;
 };
 
-Avx2Span avx2_span(int64_t begin, int64_t end, uint64_t element_offset) {
+VectorSpan vector_span(int64_t begin, int64_t end, uint64_t element_offset, int64_t step_elements) {
   const uint64_t first_block = (element_offset + begin + kWordsPerBlock - 1) / kWordsPerBlock;
   const int64_t vector_begin = static_cast<int64_t>(first_block * kWordsPerBlock - element_offset);
-  const int64_t steps = vector_begin < end ? (end - vector_begin) / kAvx2StepElements : 0;
+  const int64_t steps = vector_begin < end ? (end - vector_begin) / step_elements : 0;
   if (steps == 0) return {first_block, end, end, 0};
-  return {first_block, vector_begin, vector_begin + steps * kAvx2StepElements, steps};
+  return {first_block, vector_begin, vector_begin + steps * step_elements, steps};
 }
 #endif  // __x86_64__
 
 // ---------------------------------------------------------------- whole ranges
-// Each runs the keep-byte tiles (scalar or AVX-512) over [begin, end) and returns the rank after
-// the range; the AVX2 path runs them only on the partial steps at either end.
+// Each runs the keep-byte tiles over [begin, end) and returns the rank after the range: the
+// scalar path's whole range, the vector paths' partial steps at either end.
 
 template <typename Bits>
 int64_t expand_tiles(CpuIsa isa, const Bits* values, int64_t values_count, Bits* output,
@@ -328,66 +340,88 @@ int64_t expand_tiles(CpuIsa isa, const Bits* values, int64_t values_count, Bits*
     return rank;
   }
   for_each_keep_tile(isa, begin, end, element_offset, key, [&](int64_t tile, int64_t length, const uint8_t* keep) {
-    Bits* out = output + tile;
-    int64_t j = 0;
-#if defined(__x86_64__)
-    if constexpr (sizeof(Bits) > 1) {
-      if (has_avx512_tiles<Bits>(isa)) j = expand_tile_avx512(values, values_count, out, keep, length, rank);
-    }
-#endif
-    expand_tile_scalar(values, values_count, out, keep, j, length, rank);
+    expand_tile_scalar(values, values_count, output + tile, keep, length, rank);
   });
   return rank;
 }
 
-// Straight into values: a vector store writes a whole vector from the next rank on, so the vector
-// loops stop where less than a vector of ranks remains below values_count, and the scalar loop
-// goes on. The caller bounds values_count by the range's last rank + 1, so that no store reaches
-// the ranks of another range, which another thread may be writing.
+// Straight into values. The caller bounds values_count by the range's last rank + 1, so that no
+// store reaches the ranks of another range, which another thread may be writing.
 template <typename Bits>
 int64_t compress_tiles(CpuIsa isa, const Bits* full, Bits* values, int64_t values_count,
                        int64_t begin, int64_t end, int64_t rank, uint64_t element_offset,
                        const MaskKey& key) {
   for_each_keep_tile(isa, begin, end, element_offset, key, [&](int64_t tile, int64_t length, const uint8_t* keep) {
-    const Bits* in = full + tile;
     const int64_t room = std::max<int64_t>(0, values_count - rank);
-    Bits* out = values + std::min(rank, values_count);
-    int64_t kept = 0, j = 0;
-#if defined(__x86_64__)
-    if constexpr (sizeof(Bits) > 1) {
-      if (has_avx512_tiles<Bits>(isa)) j = compress_tile_avx512(in, out, keep, length, room, kept);
-    }
-#endif
-    compress_tile_scalar(in, out, keep, j, length, room, kept);
+    int64_t kept = 0;
+    compress_tile_scalar(full + tile, values + std::min(rank, values_count), keep, length, room, kept);
     rank += kept;
   });
   return rank;
 }
 
-// The AVX2 path serves what AVX-512 tiles do not: every element size but bytes (which no op
-// passes) on AVX2 CPUs, and 2-byte elements on AVX-512 CPUs without VBMI2.
-template <typename Bits>
-bool uses_avx2_path(CpuIsa isa) {
-#if defined(__x86_64__)
-  return sizeof(Bits) > 1 && isa != CpuIsa::kScalar && !has_avx512_tiles<Bits>(isa);
-#else
-  (void)isa;
-  return false;
-#endif
+int64_t count_tiles(CpuIsa isa, int64_t begin, int64_t end, uint64_t element_offset, const MaskKey& key) {
+  int64_t count = 0;
+  for_each_keep_tile(isa, begin, end, element_offset, key,
+                     [&](int64_t, int64_t length, const uint8_t* keep) { count += count_bytes(keep, length); });
+  return count;
 }
 
+#if defined(__x86_64__)
+// The vector paths, shaped as the masked copy's (masked_copy_vectorized): the tiles on the partial
+// steps at either end of [begin, end), and between them `vector_steps` (a Philox of
+// philox_avx2.h or philox_avx512.h) handing each vector of keep lanes to Expand or Compress.
+template <typename Bits, typename Expand, int64_t kStepElements,
+          void (*vector_steps)(uint64_t, int64_t, const MaskKey&, Expand&)>
+void expand_vectorized(CpuIsa isa, const Bits* values, int64_t values_count, Bits* output,
+                       int64_t begin, int64_t end, int64_t rank, uint64_t element_offset,
+                       const MaskKey& key) {
+  const VectorSpan span = vector_span(begin, end, element_offset, kStepElements);
+  rank = expand_tiles(isa, values, values_count, output, begin, span.begin, rank, element_offset, key);
+  Expand expand{values, values_count, output + span.begin, rank};
+  vector_steps(span.first_block, span.steps, key, expand);
+  expand_tiles(isa, values, values_count, output, span.end, end, expand.rank, element_offset, key);
+}
+
+template <typename Bits, typename Compress, int64_t kStepElements,
+          void (*vector_steps)(uint64_t, int64_t, const MaskKey&, Compress&)>
+void compress_vectorized(CpuIsa isa, const Bits* full, Bits* values, int64_t values_count,
+                         int64_t begin, int64_t end, int64_t rank, uint64_t element_offset,
+                         const MaskKey& key) {
+  const VectorSpan span = vector_span(begin, end, element_offset, kStepElements);
+  rank = compress_tiles(isa, full, values, values_count, begin, span.begin, rank, element_offset, key);
+  // From here on, ranks count from `rank`: the bound is what lies below values_count.
+  Compress compress{full + span.begin, values + std::min(rank, values_count),
+                    std::max<int64_t>(0, values_count - rank), 0};
+  vector_steps(span.first_block, span.steps, key, compress);
+  compress_tiles(isa, full, values, values_count, span.end, end, rank + compress.kept, element_offset, key);
+}
+
+template <typename Count, int64_t kStepElements, void (*vector_steps)(uint64_t, int64_t, const MaskKey&, Count&)>
+int64_t count_vectorized(CpuIsa isa, int64_t begin, int64_t end, uint64_t element_offset, const MaskKey& key) {
+  const VectorSpan span = vector_span(begin, end, element_offset, kStepElements);
+  Count counter;
+  vector_steps(span.first_block, span.steps, key, counter);
+  return count_tiles(isa, begin, span.begin, element_offset, key) + counter.kept +
+         count_tiles(isa, span.end, end, element_offset, key);
+}
+#endif  // __x86_64__
+
+// The vector paths serve every element size but bytes, which no compact op passes.
 template <typename Bits>
 void expand_typed(CpuIsa isa, const Bits* values, int64_t values_count, Bits* output,
                   int64_t begin, int64_t end, int64_t rank, uint64_t element_offset,
                   const MaskKey& key) {
 #if defined(__x86_64__)
-  if (uses_avx2_path<Bits>(isa) && values_count > 0) {
-    const Avx2Span span = avx2_span(begin, end, element_offset);
-    rank = expand_tiles(isa, values, values_count, output, begin, span.begin, rank, element_offset, key);
-    ExpandAvx2<Bits> expand{values, values_count, output + span.begin, rank};
-    philox_keep_steps_avx2(span.first_block, span.steps, key, expand);
-    expand_tiles(isa, values, values_count, output, span.end, end, expand.rank, element_offset, key);
-    return;
+  if constexpr (sizeof(Bits) > 1) {
+    if (isa == CpuIsa::kAvx512 && values_count > 0) {
+      return expand_vectorized<Bits, ExpandAvx512<Bits>, kAvx512StepElements, philox_keep_steps_avx512>(
+          isa, values, values_count, output, begin, end, rank, element_offset, key);
+    }
+    if (isa == CpuIsa::kAvx2 && values_count > 0) {
+      return expand_vectorized<Bits, ExpandAvx2<Bits>, kAvx2StepElements, philox_keep_steps_avx2>(
+          isa, values, values_count, output, begin, end, rank, element_offset, key);
+    }
   }
 #endif
   expand_tiles(isa, values, values_count, output, begin, end, rank, element_offset, key);
@@ -398,15 +432,15 @@ void compress_typed(CpuIsa isa, const Bits* full, Bits* values, int64_t values_c
                     int64_t begin, int64_t end, int64_t rank, uint64_t element_offset,
                     const MaskKey& key) {
 #if defined(__x86_64__)
-  if (uses_avx2_path<Bits>(isa)) {
-    const Avx2Span span = avx2_span(begin, end, element_offset);
-    rank = compress_tiles(isa, full, values, values_count, begin, span.begin, rank, element_offset, key);
-    // From here on, ranks count from `rank`: the bound is what lies below values_count.
-    CompressAvx2<Bits> compress{full + span.begin, values + std::min(rank, values_count),
-                                std::max<int64_t>(0, values_count - rank), 0};
-    philox_keep_steps_avx2(span.first_block, span.steps, key, compress);
-    compress_tiles(isa, full, values, values_count, span.end, end, rank + compress.kept, element_offset, key);
-    return;
+  if constexpr (sizeof(Bits) > 1) {
+    if (isa == CpuIsa::kAvx512) {
+      return compress_vectorized<Bits, CompressAvx512<Bits>, kAvx512StepElements, philox_keep_steps_avx512>(
+          isa, full, values, values_count, begin, end, rank, element_offset, key);
+    }
+    if (isa == CpuIsa::kAvx2) {
+      return compress_vectorized<Bits, CompressAvx2<Bits>, kAvx2StepElements, philox_keep_steps_avx2>(
+          isa, full, values, values_count, begin, end, rank, element_offset, key);
+    }
   }
 #endif
   compress_tiles(isa, full, values, values_count, begin, end, rank, element_offset, key);
@@ -416,23 +450,15 @@ void compress_typed(CpuIsa isa, const Bits* full, Bits* values, int64_t values_c
 
 int64_t count_kept_range(CpuIsa isa, int64_t begin, int64_t end, uint64_t element_offset,
                          const MaskKey& key) {
-  int64_t count = 0;
-  const auto count_tiles = [&](int64_t from, int64_t to) {
-    for_each_keep_tile(isa, from, to, element_offset, key,
-                       [&](int64_t, int64_t length, const uint8_t* keep) { count += count_bytes(keep, length); });
-  };
 #if defined(__x86_64__)
+  if (isa == CpuIsa::kAvx512) {
+    return count_vectorized<CountAvx512, kAvx512StepElements, philox_keep_steps_avx512>(isa, begin, end, element_offset, key);
+  }
   if (isa == CpuIsa::kAvx2) {
-    const Avx2Span span = avx2_span(begin, end, element_offset);
-    count_tiles(begin, span.begin);
-    CountAvx2 counter;
-    philox_keep_steps_avx2(span.first_block, span.steps, key, counter);
-    count_tiles(span.end, end);
-    return count + counter.kept;
+    return count_vectorized<CountAvx2, kAvx2StepElements, philox_keep_steps_avx2>(isa, begin, end, element_offset, key);
   }
 #endif
-  count_tiles(begin, end);
-  return count;
+  return count_tiles(isa, begin, end, element_offset, key);
 }
 
 void expand_range(CpuIsa isa, const void* values, int64_t values_count, void* output,

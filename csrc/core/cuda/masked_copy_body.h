@@ -5,8 +5,8 @@
 #include <cstdint>
 #include <cstring>
 
-#include "mask_window.h"
-#include "philox_mask.h"
+#include "core/mask_window.h"
+#include "core/philox_mask.h"
 
 namespace tinybig_cuda {
 

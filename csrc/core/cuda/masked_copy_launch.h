@@ -5,7 +5,7 @@
 
 #include <cstdint>
 
-#include "mask_window.h"
+#include "core/mask_window.h"
 
 namespace tinybig_cuda {
 

@@ -1,11 +1,12 @@
-#include "cpu/masked_copy.h"
+#include "core/cpu/masked_copy.h"
 
-#include "element_size.h"
+#include "core/element_size.h"
 
 #if defined(__x86_64__)
 #include <immintrin.h>
 
-#include "cpu/philox_avx2.h"
+#include "core/cpu/philox_avx2.h"
+#include "core/cpu/philox_avx512.h"
 #endif
 #if defined(__aarch64__)
 #include <arm_neon.h>
@@ -94,11 +95,6 @@ void masked_copy_vectorized(const Bits* input, Bits* output, int64_t begin, int6
 }
 
 #if defined(__x86_64__)
-// The AVX-512 path arranges Philox as the AVX2 one does (philox_avx2.h), 16 elements to a vector.
-constexpr int kVectorsInFlight = 4;
-
-constexpr int64_t kAvx512StepElements = kVectorsInFlight * 16;
-
 template <typename Bits>
 TINYBIG_TARGET_AVX512 inline void store_kept_avx512(const Bits* input, Bits* output, __mmask16 keep) {
   if constexpr (sizeof(Bits) == 1) {
@@ -114,42 +110,19 @@ TINYBIG_TARGET_AVX512 inline void store_kept_avx512(const Bits* input, Bits* out
 }
 
 template <typename Bits>
+struct StoreKeptAvx512 {
+  const Bits* input;
+  Bits* output;
+  TINYBIG_TARGET_AVX512 inline void operator()(int64_t element, __mmask16 keep) const {
+    store_kept_avx512(input + element, output + element, keep);
+  }
+};
+
+template <typename Bits>
 TINYBIG_TARGET_AVX512 void masked_copy_steps_avx512(const Bits* input, Bits* output, uint64_t first_block,
                                              int64_t steps, const MaskKey& key) {
-  const long long offset = static_cast<long long>(key.offset);
-  const __m512i multipliers = _mm512_set_epi64(kPhiloxM1, kPhiloxM0, kPhiloxM1, kPhiloxM0,
-                                               kPhiloxM1, kPhiloxM0, kPhiloxM1, kPhiloxM0);
-  __m512i round_keys[kPhiloxRounds];
-  uint32_t k0 = low_word(key.seed), k1 = high_word(key.seed);
-  for (int round = 0; round < kPhiloxRounds; ++round, k0 += kPhiloxW0, k1 += kPhiloxW1) {
-    round_keys[round] = _mm512_set_epi64(k1, k0, k1, k0, k1, k0, k1, k0);
-  }
-  const __m512i threshold = _mm512_set1_epi32(static_cast<int>(key.threshold > 0xffffffffu ? 0xffffffffu : key.threshold));
-  const __mmask16 keep_all = key.threshold > 0xffffffffu ? 0xffff : 0;  // p = 1
-  const __m512i four_blocks = _mm512_set_epi64(0, 4, 0, 4, 0, 4, 0, 4);
-  const long long b = static_cast<long long>(first_block);
-  __m512i counter = _mm512_set_epi64(offset, b + 3, offset, b + 2, offset, b + 1, offset, b);
-
-  for (int64_t step = 0; step < steps; ++step) {
-    __m512i state[kVectorsInFlight];
-    for (int v = 0; v < kVectorsInFlight; ++v) {
-      state[v] = counter;
-      counter = _mm512_add_epi64(counter, four_blocks);
-    }
-    for (int round = 0; round < kPhiloxRounds; ++round) {
-      for (int v = 0; v < kVectorsInFlight; ++v) {
-        const __m512i products = _mm512_mul_epu32(state[v], multipliers);
-        state[v] = _mm512_ternarylogic_epi32(  // 0x96: a ^ b ^ c
-            _mm512_shuffle_epi32(products, static_cast<_MM_PERM_ENUM>(kPhiloxShuffle)),
-            _mm512_srli_epi64(state[v], 32), round_keys[round], 0x96);
-      }
-    }
-    const int64_t first = step * kAvx512StepElements;
-    for (int v = 0; v < kVectorsInFlight; ++v) {
-      const __mmask16 keep = _mm512_cmplt_epu32_mask(state[v], threshold) | keep_all;
-      store_kept_avx512(input + first + 16 * v, output + first + 16 * v, keep);
-    }
-  }
+  StoreKeptAvx512<Bits> store{input, output};
+  philox_keep_steps_avx512(first_block, steps, key, store);
 }
 
 // AVX2 masks are vectors of all-ones or zero 32-bit lanes; narrow or widen them to the element.

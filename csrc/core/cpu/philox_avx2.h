@@ -9,8 +9,8 @@
 
 #include <cstdint>
 
-#include "cpu/isa.h"
-#include "philox_mask.h"
+#include "core/cpu/isa.h"
+#include "core/philox_mask.h"
 
 namespace tinybig_cuda {
 

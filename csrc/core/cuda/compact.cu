@@ -1,9 +1,9 @@
 // The compact ops' kernels: thin __global__ wrappers around the per-thread functions of
 // compact_body.h, and their launchers.
-#include "cuda/compact_body.h"
-#include "cuda/compact_launch.h"
-#include "cuda/launch.h"
-#include "element_size.h"
+#include "core/cuda/compact_body.h"
+#include "core/cuda/compact_launch.h"
+#include "core/cuda/launch.h"
+#include "core/element_size.h"
 
 namespace tinybig_cuda {
 namespace {

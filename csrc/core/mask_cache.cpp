@@ -1,4 +1,4 @@
-#include "ops/mask_cache.h"
+#include "core/mask_cache.h"
 
 #include <mutex>
 #include <vector>

@@ -1,4 +1,4 @@
-#include "cpu/isa.h"
+#include "core/cpu/isa.h"
 
 #include <atomic>
 #include <stdexcept>
@@ -56,15 +56,6 @@ bool cpu_supports(CpuIsa isa) {
     default:
       return false;
   }
-}
-
-bool cpu_supports_avx512_vbmi2() {
-#if defined(__x86_64__)
-  static const bool supported = cpu_supports(CpuIsa::kAvx512) && __builtin_cpu_supports("avx512vbmi2");
-  return supported;
-#else
-  return false;
-#endif
 }
 
 CpuIsa active_cpu_isa() { return isa_forced.load() ? forced_isa.load() : best_supported_isa(); }

@@ -21,8 +21,8 @@
 
 #include <cstdint>
 
-#include "philox_mask.h"
-#include "cuda/masked_copy_body.h"
+#include "core/philox_mask.h"
+#include "core/cuda/masked_copy_body.h"
 
 namespace tinybig_cuda {
 
