@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tinybig_cuda import _torch_compat as compat
+from tinybig_cuda import reference
 from tinybig_cuda._arguments import MASKABLE_DTYPES
 
 CUDA_AVAILABLE = torch.cuda.is_available()
@@ -122,6 +123,16 @@ def restore_num_threads():
 def make_state(seed, offset, device="cpu"):
     """rng_state = [seed, offset] as the op takes it: int64 [2] on `device`."""
     return torch.tensor([seed, offset], dtype=torch.int64, device=device)
+
+
+def compact_state(device="cpu"):
+    """The state the compact ops' tests use unless a test needs its own."""
+    return make_state(0x0123456789ABCDEF, -(2**40) + 3, device)
+
+
+def reference_kept_count(shape, p, state, element_offset=0):
+    """How many entries of a matrix of `shape` the mask keeps, counted by the reference."""
+    return reference.bernoulli_mask_count(torch.Size(shape).numel(), p, state.cpu(), element_offset)
 
 
 def as_bits(tensor):

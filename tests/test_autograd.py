@@ -1,14 +1,17 @@
-"""The op as a PyTorch custom op: opcheck, gradcheck, gradgradcheck, and what backward keeps alive."""
+"""The ops as PyTorch custom ops: opcheck, gradcheck, gradgradcheck, and what backward keeps alive."""
 
 import pytest
 import torch
 
 import tinybig_cuda
 
-from conftest import DEVICES, DTYPES, DTYPE_IDS, make_state, requires_opcheck
+from conftest import DEVICES, DTYPES, DTYPE_IDS, compact_state, make_state, random_values, reference_kept_count, requires_opcheck
 
 APPLY = torch.ops.tinybig_cuda.bernoulli_mask_apply.default
 MASK = torch.ops.tinybig_cuda.bernoulli_mask.default
+COUNT = torch.ops.tinybig_cuda.bernoulli_mask_count.default
+EXPAND = torch.ops.tinybig_cuda.bernoulli_mask_expand.default
+COMPRESS = torch.ops.tinybig_cuda.bernoulli_mask_compress.default
 MAX_SAVED_BYTES = 64
 
 
@@ -129,3 +132,57 @@ def test_changing_the_state_between_forward_and_backward_is_an_error_not_a_wrong
     state.add_(1)
     with pytest.raises(RuntimeError, match="modified by an inplace operation"):
         out.sum().backward()
+
+# ---------------------------------------------------------------- the compact ops (count, expand, compress)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_gradients_flow_into_exactly_the_kept_entries(device):
+    state, p, shape = compact_state(device), 0.3, (23, 29)
+    kept = reference_kept_count(shape, p, state)
+    values = random_values((kept,), torch.float64, device).requires_grad_()
+    grad_full = random_values(shape, torch.float64, device, seed=9)
+    tinybig_cuda.bernoulli_mask_expand(values, p, state, shape).backward(grad_full)
+    mask = tinybig_cuda.bernoulli_mask(shape, p, state)
+    assert torch.equal(values.grad, grad_full[mask])
+
+    full = random_values(shape, torch.float64, device).requires_grad_()
+    grad_values = random_values((kept,), torch.float64, device, seed=4)
+    tinybig_cuda.bernoulli_mask_compress(full, p, state, kept).backward(grad_values)
+    assert torch.equal(full.grad[mask], grad_values)
+    assert torch.equal(full.grad[~mask], torch.zeros_like(full.grad[~mask]))
+
+
+@requires_opcheck
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("requires_grad", [False, True], ids=["no_grad", "grad"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16], ids=["float32", "float64", "bfloat16"])
+def test_opcheck_compact_ops(device, requires_grad, dtype):
+    state, shape = compact_state(device), (9, 13)
+    for p, element_offset in [(0.5, 0), (0.3, 7)]:
+        kept = reference_kept_count(shape, p, state, element_offset)
+        values = torch.randn(kept, device=device).to(dtype).requires_grad_(requires_grad)
+        full = torch.randn(shape, device=device).to(dtype).requires_grad_(requires_grad)
+        torch.library.opcheck(EXPAND, (values, p, state, list(shape), element_offset))
+        torch.library.opcheck(COMPRESS, (full, p, state, kept, element_offset))
+        torch.library.opcheck(COMPRESS, (full.t(), p, state, reference_kept_count(shape[::-1], p, state, element_offset), element_offset))
+    torch.library.opcheck(COUNT, (117, 0.5, state, 3))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p", [0.0, 0.5, 1.0])
+def test_gradcheck_and_gradgradcheck_compact_ops_float64(device, p):
+    state, shape = compact_state(device), (6, 7)
+    kept = reference_kept_count(shape, p, state, 5)
+    values = torch.randn(kept, dtype=torch.float64, device=device, requires_grad=True)
+    full = torch.randn(shape, dtype=torch.float64, device=device, requires_grad=True)
+
+    def expand(values):
+        return tinybig_cuda.bernoulli_mask_expand(values, p, state, shape, element_offset=5)
+
+    def compress(full):
+        return tinybig_cuda.bernoulli_mask_compress(full, p, state, kept, element_offset=5)
+
+    for function, argument in [(expand, values), (compress, full)]:
+        assert torch.autograd.gradcheck(function, (argument,))
+        assert torch.autograd.gradgradcheck(function, (argument,))

@@ -260,3 +260,22 @@ def test_bad_p_under_fullgraph_raises_the_named_error():
     compiled = torch.compile(lambda w, state: tinybig_cuda.bernoulli_mask_apply(w, 1.5, state), backend="aot_eager", fullgraph=True)
     with pytest.raises(ValueError, match="bernoulli_mask_apply: expected p, the keep probability, in \\[0, 1\\], but got 1.5"):
         compiled(torch.ones(3), make_state(1, 2))
+
+# ---------------------------------------------------------------- compact parameters
+
+
+def test_compiled_compact_module_matches_eager():
+    torch.manual_seed(0)
+    module = masking_reconciliation(p=0.4, compact=True)
+    n, D = 33, 17
+    w = torch.randn(1, module.calculate_l(n, D), requires_grad=True)
+
+    def step(w):
+        return (module(w=w, n=n, D=D) ** 2).sum()
+
+    compiled = torch.compile(step, fullgraph=True, backend="aot_eager")
+    eager_loss = step(w)
+    (eager_grad,) = torch.autograd.grad(eager_loss, w)
+    compiled_loss = compiled(w)
+    (compiled_grad,) = torch.autograd.grad(compiled_loss, w)
+    assert torch.equal(compiled_loss, eager_loss) and torch.equal(compiled_grad, eager_grad)

@@ -16,7 +16,7 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import _C
 
-from conftest import DTYPES, DTYPE_IDS, requires_opcheck
+from conftest import DTYPES, DTYPE_IDS, assert_bitwise_equal, random_bits, requires_opcheck
 
 EXPECT_CUDA_BUILD = os.environ.get("TINYBIG_EXPECT_CUDA_BUILD") == "1"
 OPS = ("tinybig_cuda::bernoulli_mask_apply", "tinybig_cuda::bernoulli_mask")
@@ -27,10 +27,10 @@ needs_cuda_build = pytest.mark.skipif(
 needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU visible")
 
 
+@pytest.mark.skipif(not EXPECT_CUDA_BUILD, reason="TINYBIG_EXPECT_CUDA_BUILD is not 1: no CUDA build is expected")
 def test_build_matches_expectation():
     """In CI's CUDA leg, a CPU-only build is a failure, not a skip."""
-    if EXPECT_CUDA_BUILD:
-        assert _C.has_cuda_kernels(), "TINYBIG_EXPECT_CUDA_BUILD=1 but the CUDA kernels were not built"
+    assert _C.has_cuda_kernels(), "TINYBIG_EXPECT_CUDA_BUILD=1 but the CUDA kernels were not built"
 
 
 @needs_cuda_build
@@ -63,7 +63,7 @@ def sass_by_kernel():
     for arch, body in re.findall(r"arch = (sm_\d+).*?\n(.*?)(?=\n\s*arch = sm_|\Z)", dump, flags=re.S):
         for mangled, text in re.findall(r"Function : (\S+)\n(.*?)(?=Function : |\Z)", body, flags=re.S):
             if re.search(r"compact_cu_\w+_kernel", mangled):
-                continue  # the compact ops' kernels: tests/test_compact.py checks them
+                continue  # the compact ops' kernels: checked below
             match = re.search(r"masked_copy_kernelI(\w)E", mangled)
             assert match, f"unexpected kernel {mangled}"
             kernels[(arch, element_bytes[match.group(1)])] = text
@@ -215,3 +215,65 @@ def test_compact_graph_replays_read_a_pinned_cpu_state():
     with pytest.raises(ValueError, match=r"rng_state.*pinned"):
         with torch.cuda.graph(torch.cuda.CUDAGraph()):
             tinybig_cuda.bernoulli_mask_expand(values, 0.6, torch.tensor([9, 10]), full.shape)
+
+# ---------------------------------------------------------------- the compact ops' kernels
+
+
+@needs_cuda_build
+@pytest.mark.parametrize("op", ["bernoulli_mask_count", "bernoulli_mask_expand", "bernoulli_mask_compress"])
+def test_compact_cuda_kernels_are_registered(op):
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tinybig_cuda::{op}", "CUDA")
+    assert torch._C._dispatch_has_kernel_for_dispatch_key(f"tinybig_cuda::{op}", "CPU")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("element_offset", [0, 5, 2**33 + 3])
+def test_compact_cuda_matches_cpu_bit_for_bit(dtype, element_offset):
+    state, p, shape = torch.tensor([-3, 2**63 - 1]), 0.4, (257, 1031)  # > 1024 chunks of 64
+    full = random_bits(shape, dtype)
+    kept = tinybig_cuda.count_kept(full.numel(), p, state, element_offset)
+    assert tinybig_cuda.count_kept(full.numel(), p, state.cuda(), element_offset) == kept
+    values = tinybig_cuda.bernoulli_mask_compress(full, p, state, kept, element_offset)
+    cuda_values = tinybig_cuda.bernoulli_mask_compress(full.cuda(), p, state.cuda(), kept, element_offset)
+    assert_bitwise_equal(cuda_values.cpu(), values)
+    # A view starting one element into its storage takes the element-wise path of the kernel.
+    misaligned = torch.cat([full.reshape(-1)[:1], full.reshape(-1)]).cuda()[1:].view(shape)
+    assert_bitwise_equal(tinybig_cuda.bernoulli_mask_compress(misaligned, p, state.cuda(), kept, element_offset).cpu(), values)
+    expanded = tinybig_cuda.bernoulli_mask_expand(values.cuda(), p, state.cuda(), shape, element_offset)
+    assert_bitwise_equal(expanded.cpu(), tinybig_cuda.bernoulli_mask_expand(values, p, state, shape, element_offset))
+
+
+@pytest.fixture(scope="module")
+def compact_sass():
+    """{(architecture, kernel, element bytes or None): SASS text} of the compact kernels."""
+    import subprocess
+
+    dump = subprocess.run([find_cuobjdump(), "--dump-sass", tinybig_cuda.op_library_path], capture_output=True, text=True, check=True).stdout
+    element_bytes = {"t": 2, "j": 4, "m": 8}  # Itanium mangling of uint16/32/64
+    kernels = {}
+    for arch, body in re.findall(r"arch = (sm_\d+).*?\n(.*?)(?=\n\s*arch = sm_|\Z)", dump, flags=re.S):
+        for mangled, text in re.findall(r"Function : (\S+)\n(.*?)(?=Function : |\Z)", body, flags=re.S):
+            if "compact_cu" not in mangled:
+                continue
+            match = re.search(r"(count_chunks|sum_segments|scan_segments|segment_offsets|expand|compress)_kernel(?:I(\w)E)?", mangled)
+            assert match, f"unexpected compact kernel {mangled}"
+            kernels[(arch, match.group(1), element_bytes.get(match.group(2)))] = text
+    return kernels
+
+
+@needs_cuda_build
+def test_compact_kernels_compiled_for_every_architecture_without_local_memory(compact_sass):
+    architectures = {arch for arch, _, _ in compact_sass}
+    assert architectures, "no compact kernels in the extension's SASS"
+    expected = {("count_chunks", None), ("sum_segments", None), ("scan_segments", None), ("segment_offsets", None)}
+    expected |= {(kernel, size) for kernel in ("expand", "compress") for size in (2, 4, 8)}
+    for arch in architectures:
+        assert {(kernel, size) for a, kernel, size in compact_sass if a == arch} == expected, arch
+    for key, sass in compact_sass.items():
+        assert not re.search(r"\b(LDL|STL)\b", sass), f"{key}: local-memory traffic (spills or a stack array)"
+        # The full matrix moves in 16-byte vectors: stored by expand, loaded by compress.
+        if key[1] == "expand":
+            assert re.search(r"STG\.E\.128", sass), f"{key}: no 16-byte global store"
+        if key[1] == "compress":
+            assert re.search(r"LDG\.E\.128", sass), f"{key}: no 16-byte global load"

@@ -1,6 +1,6 @@
-"""The sharding arithmetic of tinybig_cuda.distributed: every shard of a DTensor is masked as its
-window of the whole tensor. Run here for meshes of every rank in one process (the multi-process
-tests are in test_distributed.py)."""
+"""The sharding arithmetic of the DTensor rules (tinybig_cuda/_dtensor.py): every shard of a
+DTensor is masked as its window of the whole tensor. Run here for meshes of every rank in one
+process (the multi-process tests are in test_distributed.py)."""
 
 import itertools
 
@@ -17,7 +17,7 @@ if not HAS_DTENSOR:
 
 from torch.distributed.tensor import Partial, Replicate, Shard  # noqa: E402
 
-from tinybig_cuda.distributed import _window  # noqa: E402
+from tinybig_cuda._dtensor import _window  # noqa: E402
 
 STATE = (0x0123456789ABCDEF, -3)
 
@@ -89,7 +89,7 @@ def test_a_shard_that_is_no_window_is_refused():
 def test_placements_that_are_no_box_are_refused():
     from torch.distributed.tensor.placement_types import _StridedShard
 
-    from tinybig_cuda.distributed import _check_placements
+    from tinybig_cuda._dtensor import _check_placements
 
     _check_placements("op", "w", [Shard(0), Replicate(), Partial(), Shard(-2)], 2)
     with pytest.raises(NotImplementedError, match="expected w placed with Shard, Replicate or Partial"):

@@ -9,7 +9,7 @@ import torch
 
 import tinybig_cuda
 
-from conftest import BAD_W_DTYPES, CUDA_AVAILABLE, DEVICES, Snapshot, error_pattern, make_state
+from conftest import BAD_W_DTYPES, CUDA_AVAILABLE, DEVICES, Snapshot, compact_state, error_pattern, make_state, reference_kept_count
 
 BAD_P = [-0.5, -1e-12, 1.5, 1.0000001, float("nan"), float("inf"), -float("inf")]
 BAD_P_IDS = ["-0.5", "tiny_negative", "1.5", "just_above_1", "nan", "inf", "-inf"]
@@ -246,6 +246,85 @@ def test_module_rejects_device_that_is_not_ws(device):
     with pytest.raises(ValueError, match=error_pattern("device", re.escape(str(w.device)), other)):
         module(w=w, n=2, D=3, device=other)
     snapshot.assert_unchanged()
+
+
+# ---------------------------------------------------------------- the compact ops (count, expand, compress)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_values_of_the_wrong_length_are_refused(device):
+    state, shape = compact_state(device), (20, 30)
+    kept = reference_kept_count(shape, 0.5, state)
+    for wrong in (kept - 1, kept + 1, 0, 600):
+        values = torch.randn(wrong, device=device)
+        snapshot = Snapshot(values, state)
+        with pytest.raises(ValueError, match=error_pattern("values", rf"\b{kept}\b", rf"\b{wrong}\b")):
+            tinybig_cuda.bernoulli_mask_expand(values, 0.5, state, shape)
+        snapshot.assert_unchanged()
+        full = torch.randn(shape, device=device)
+        with pytest.raises(ValueError, match=error_pattern("kept_count", rf"\b{kept}\b", rf"\b{wrong}\b")):
+            tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, wrong)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compact_ops_refuse_bad_arguments_with_named_messages(device):
+    state = compact_state(device)
+    values, full = torch.randn(5, device=device), torch.randn(3, 4, device=device)
+    with pytest.raises(ValueError, match=error_pattern("values", "1-D", r"\[5, 1\]")):
+        tinybig_cuda.bernoulli_mask_expand(values.view(5, 1), 0.5, state, (3, 4))
+    with pytest.raises(TypeError, match=error_pattern("values", "float32", r"\b(Long|int64)\b")):
+        tinybig_cuda.bernoulli_mask_expand(values.long(), 0.5, state, (3, 4))
+    with pytest.raises(TypeError, match=error_pattern("full", "float32", r"\b(Int|int32)\b")):
+        tinybig_cuda.bernoulli_mask_compress(full.int(), 0.5, state, 5)
+    with pytest.raises(ValueError, match=error_pattern("kept_count", ">= 0", "-1")):
+        tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, -1)
+    with pytest.raises(ValueError, match=error_pattern("numel", ">= 0", "-3")):
+        tinybig_cuda.bernoulli_mask_count(-3, 0.5, state)
+    with pytest.raises(ValueError, match=error_pattern("shape", "non-negative", re.escape("[3, -4]"))):
+        tinybig_cuda.bernoulli_mask_expand(values, 0.5, state, (3, -4))
+    for call in (
+        lambda p: tinybig_cuda.bernoulli_mask_count(12, p, state),
+        lambda p: tinybig_cuda.bernoulli_mask_expand(values, p, state, (3, 4)),
+        lambda p: tinybig_cuda.bernoulli_mask_compress(full, p, state, 5),
+    ):
+        with pytest.raises(ValueError, match=error_pattern("p", r"\[0, 1\]", re.escape("1.0000001"))):
+            call(1.0000001)
+    with pytest.raises(ValueError, match=error_pattern("element_offset", ">= 0", "-2")):
+        tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, 5, element_offset=-2)
+    with pytest.raises(ValueError, match=error_pattern("rng_state", re.escape(str(torch.device(device))), "meta")):
+        tinybig_cuda.bernoulli_mask_expand(values, 0.5, state.to("meta"), (3, 4))
+
+
+def test_impossible_counts_are_refused_at_once_naming_numel():
+    state = compact_state()
+    for numel in (2**62, 2**63 - 1):
+        with pytest.raises(ValueError, match=error_pattern("numel", re.escape("2**62 - 1"), str(numel))):
+            tinybig_cuda.bernoulli_mask_count(numel, 0.5, state)
+    with pytest.raises(ValueError, match=error_pattern("shape", re.escape("2**62 - 1"), str(2**31))):
+        tinybig_cuda.bernoulli_mask_expand(torch.zeros(3), 0.5, state, (2**31, 2**31))
+    module = tinybig_cuda.masking_reconciliation(p=0.5, compact=True)
+    with pytest.raises(ValueError, match=error_pattern("n", re.escape("2**62 - 1"), f"n={2**62}, D=4")):
+        module.calculate_l(2**62, 4)
+
+
+def test_counts_that_cannot_match_are_refused_before_the_mask_is_counted():
+    state = compact_state()
+    # More values than the matrix has entries, or a kept_count beyond them: no count needed.
+    with pytest.raises(ValueError, match=error_pattern("values", "at most 3", "10")):
+        tinybig_cuda.bernoulli_mask_expand(torch.zeros(10), 0.5, state, (3,))
+    with pytest.raises(ValueError, match=error_pattern("kept_count", "<= 12", "13")):
+        tinybig_cuda.bernoulli_mask_compress(torch.zeros(3, 4), 0.5, state, 13)
+    # A large mask: counting stops once the partial count rules the claimed count out.
+    numel = 2**30  # 2 GiB of float16 output, allocated (not touched) before counting
+    with pytest.raises(ValueError, match=error_pattern("values", "at least", r"\b3\b")) as refused:
+        tinybig_cuda.bernoulli_mask_expand(torch.zeros(3, dtype=torch.float16), 0.5, state, (numel,))
+    assert "counting stopped" in str(refused.value)
+    full = torch.zeros(2**25, dtype=torch.float16)
+    with pytest.raises(ValueError, match=error_pattern("kept_count", "at most", str(2**25 - 1))):
+        tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, 2**25 - 1)
+    # And a right count still works after a refused one (nothing half-counted is remembered).
+    kept = tinybig_cuda.count_kept(2**25, 0.5, state)
+    assert tinybig_cuda.bernoulli_mask_compress(full, 0.5, state, kept).shape == (kept,)
 
 
 # ---------------------------------------------------------------- one argument policy

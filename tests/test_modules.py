@@ -1,5 +1,10 @@
 """tinyBIG's module API: fabrication and masking_reconciliation on the fused op."""
 
+import importlib
+import io
+import pickle
+import pickletools
+
 import numpy as np
 import pytest
 import torch
@@ -7,7 +12,18 @@ import torch
 import tinybig_cuda
 from tinybig_cuda import fabrication, masking_reconciliation, reference
 
-from conftest import CUDA_AVAILABLE, DEVICES, DTYPE_IDS, DTYPES, Snapshot, as_bits, assert_bitwise_equal, random_bits, random_values
+from conftest import (
+    CUDA_AVAILABLE,
+    DEVICES,
+    DTYPE_IDS,
+    DTYPES,
+    Snapshot,
+    assert_bitwise_equal,
+    error_pattern,
+    make_state,
+    random_bits,
+    random_values,
+)
 
 N, D = 6, 11
 
@@ -231,6 +247,29 @@ def test_state_dict_round_trip_through_torch_save(tmp_path):
     assert torch.equal(restored.generate_masking_matrix(40, 40), original.generate_masking_matrix(40, 40))
 
 
+# The paths that pickles (torch.save(model)) and tinyBIG configs name the classes by: a model saved
+# by an earlier version loads only while each path still leads to its class.
+SAVED_CLASS_PATHS = [
+    "tinybig_cuda.modules.fabrication",
+    "tinybig_cuda.modules.masking_reconciliation",
+    "tinybig_cuda.modules._tinybig_mask_reconciliation",  # a tinyBIG pickle loaded, then saved again
+    "tinybig_cuda.weight_drop.MaskedLinear",
+]
+
+
+def test_pickles_name_the_classes_by_their_saved_paths():
+    model = torch.nn.ModuleList([masking_reconciliation(p=0.5), masking_reconciliation(p=0.5, compact=True), tinybig_cuda.MaskedLinear(3, 2)])
+    pickled = pickle.dumps(model, protocol=2)  # protocol 2 names each class by one GLOBAL opcode
+    named = {argument.replace(" ", ".") for opcode, argument, _ in pickletools.genops(pickled)
+             if opcode.name == "GLOBAL" and argument.startswith("tinybig_cuda")}
+    assert named == {"tinybig_cuda.modules.masking_reconciliation", "tinybig_cuda.weight_drop.MaskedLinear"}
+    for path in SAVED_CLASS_PATHS:
+        module, name = path.rsplit(".", 1)
+        cls = getattr(importlib.import_module(module), name)
+        assert f"{cls.__module__}.{cls.__qualname__}" == path
+    assert masking_reconciliation(p=0.5).to_config()["function_class"] == "tinybig_cuda.modules.masking_reconciliation"
+
+
 def test_manual_seed_reproduces_a_new_modules_mask():
     torch.manual_seed(1234)
     first = masking_reconciliation(p=0.5).generate_masking_matrix(32, 32)
@@ -395,3 +434,210 @@ def test_rng_state_on_is_the_one_rule_for_where_the_fixed_state_lives(device):
         assert torch.equal(state, torch.tensor([3, 5]))
     else:
         assert torch.equal(moved.cpu(), state)
+
+
+# ---------------------------------------------------------------- compact=True: only the kept entries are parameters
+
+
+class Head(torch.nn.Module):
+    """tinyBIG's head, reduced to its use of a fabrication: w = Parameter(rand(channels, l)), and per
+    channel F.linear(x, fab(w=w[c:c+1, :], n=n, D=D))."""
+
+    def __init__(self, fabrication, n, D, channels=1):
+        super().__init__()
+        self.fabrication, self.n, self.D = fabrication, n, D
+        self.w = torch.nn.Parameter(torch.rand(channels, fabrication.calculate_l(n=n, D=D)))
+
+    def forward(self, x):
+        return sum(
+            torch.nn.functional.linear(x, self.fabrication(w=self.w[c : c + 1, :], n=self.n, D=self.D))
+            for c in range(self.w.shape[0])
+        )
+
+
+def _full_and_compact(p, device="cpu"):
+    """A full and a compact module with the same mask."""
+    full = masking_reconciliation(p=p, device=device)
+    compact = masking_reconciliation(p=p, compact=True, device=device)
+    compact.load_state_dict(full.state_dict())
+    return full, compact
+
+
+def test_compact_module_leaves_a_cpu_state_on_the_cpu():
+    """The host reads a CPU state without waiting for the device, so on CUDA a compact module whose
+    state is on the CPU checks w's count with no sync (tests/test_cuda.py). Here the data is on the
+    meta device, where a state moved with it could not even be read."""
+    n, D = 9, 7
+    module = masking_reconciliation(p=0.3, compact=True)
+    w = torch.empty(1, module.calculate_l(n, D), device="meta")
+    for _ in range(2):
+        assert module(n, D, w).device.type == "meta"
+        assert module.rng_state.device.type == "cpu"
+    assert module.mask_matrix.device.type == "meta"  # the mask of the last call, on its device
+    assert module.expand_parameters(w, n, D).shape == (1, n * D)
+    assert module.compress_parameters(torch.empty(2, n * D, device="meta"), n, D).shape == (2, w.shape[-1])
+    assert module.rng_state.device.type == "cpu"
+
+
+@pytest.mark.parametrize("p, n, D", [(1e-12, 3, 4), (0.5, 0, 4), (0.5, 3, 0)], ids=["nothing kept", "n=0", "D=0"])
+@pytest.mark.parametrize("rows", [(2,), (), (0,)], ids=["2 rows", "1-D", "no rows"])
+def test_conversions_of_a_mask_that_keeps_nothing_or_of_no_matrix(p, n, D, rows):
+    """K = 0 (a tiny p) or n*D = 0: every shape is known from the arguments, so nothing is ambiguous."""
+    module = masking_reconciliation(p=p, compact=True)
+    assert module.calculate_l(n, D) == 0
+    full = random_values(rows + (n * D,), torch.float32)
+    compact = module.compress_parameters(full, n, D)
+    assert compact.shape == rows + (0,)
+    expanded = module.expand_parameters(compact, n, D)
+    assert_bitwise_equal(expanded, torch.zeros(rows + (n * D,)))
+    assert_bitwise_equal(module(n, D, compact.reshape(-1)), torch.zeros(n, D))
+
+
+def test_compact_requires_a_fixed_mask():
+    with pytest.raises(ValueError, match=error_pattern("fixed_mask", "True", "False")):
+        masking_reconciliation(p=0.5, fixed_mask=False, compact=True)
+    # compact is keyword-only: positional arguments after fixed_mask still reach fabrication.
+    module = masking_reconciliation("m", 0.5, True, True, False, "cpu")
+    assert module.compact is False and module.require_parameters is True and module.enable_bias is False
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p", [0.0, 0.25, 1.0])
+def test_calculate_l_is_the_kept_count(device, p):
+    module = masking_reconciliation(p=p, compact=True, device=device)
+    for n, D in [(1, 1), (6, 11), (0, 7), (128, 3)]:
+        expected = int(module.generate_masking_matrix(n, D, device=device).sum())
+        assert module.calculate_l(n, D) == expected == module.calculate_l(n=n, D=D)
+        if p in (0.0, 1.0):
+            assert expected == p * n * D
+    assert "compact=True" in repr(module)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("w_shape", ["1xK", "K"])
+def test_compact_forward_equals_full_forward(device, w_shape):
+    n, D, p = 31, 19, 0.3
+    full, compact = _full_and_compact(p, device)
+    K = compact.calculate_l(n, D)
+    values = random_bits((K,), torch.float32, device)
+    w = values.view(1, K) if w_shape == "1xK" else values
+    out = compact(w=w, n=n, D=D, device=device)
+    assert out.shape == (n, D) and out.dtype == w.dtype and out.is_contiguous()
+    assert_bitwise_equal(out, full(w=compact.expand_parameters(values.view(1, K), n, D), n=n, D=D, device=device))
+    assert_bitwise_equal(out, reference.bernoulli_mask_expand(values, p, compact.rng_state, (n, D)))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_compact_module_refuses_w_of_the_wrong_length_naming_w(device):
+    module = masking_reconciliation(p=0.5, compact=True, device=device)
+    K = module.calculate_l(8, 8)
+    for wrong in (K - 1, K + 1, 64):
+        with pytest.raises(ValueError, match=error_pattern("w", rf"\b{K}\b", rf"\b{wrong}\b")):
+            module(w=torch.randn(1, wrong, device=device), n=8, D=8, device=device)
+    with pytest.raises(TypeError, match=error_pattern("w", "float32", r"\b(Long|int64)\b")):
+        module(w=torch.ones(1, K, dtype=torch.int64, device=device), n=8, D=8)
+
+
+def test_remembered_count_follows_a_new_state():
+    """calculate_l and forward remember K per state; loading another state must not reuse it."""
+    module = masking_reconciliation(p=0.5, compact=True)
+    K1 = module.calculate_l(50, 50)
+    other = masking_reconciliation(p=0.5, compact=True)
+    module.load_state_dict(other.state_dict())
+    K2 = other.calculate_l(50, 50)
+    assert K1 != K2, "pick seeds whose counts differ"
+    assert module.calculate_l(50, 50) == K2
+    assert module(w=torch.randn(K2), n=50, D=50).shape == (50, 50)
+    # Even a state written behind autograd's back (no version bump) never refuses a right w.
+    module.rng_state.data.copy_(make_state(1, 2))
+    K3 = tinybig_cuda.count_kept(2500, 0.5, make_state(1, 2))
+    assert module(w=torch.randn(K3), n=50, D=50).shape == (50, 50)
+
+
+def test_kept_count_follows_the_states_value_however_it_is_written():
+    """The remembered count is keyed on the state's value: writes that skip the version counter
+    (through .data or a NumPy view) and new state tensors at a freed address (version 0 again)
+    must never give the old mask's count."""
+    n, D, p = 50, 50, 0.5
+    module = masking_reconciliation(p=p, compact=True)
+
+    def expected():
+        return tinybig_cuda.count_kept(n * D, p, module.rng_state)
+
+    before = module.calculate_l(n, D)
+    module.rng_state.data[0] += 1  # no version bump
+    assert expected() != before, "pick a state whose count changes"
+    assert module.calculate_l(n, D) == expected()
+    w = torch.randn(1, expected())
+    assert module.expand_parameters(w, n, D).shape == (1, n * D)
+    before = module.calculate_l(n, D)
+    module.rng_state.numpy()[1] += 7
+    assert expected() != before
+    assert module.calculate_l(n, D) == expected()
+    for seed in range(10):  # new tensors, often at the address just freed
+        module.rng_state = make_state(seed, 0)
+        assert module.calculate_l(n, D) == expected(), seed
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_conversion_from_full_parameters_and_back(device):
+    """Full tinyBIG-style (channels, n*D) weights loaded into a compact module compute the same."""
+    n, D, p, channels = 24, 40, 0.25, 3
+    full, compact = _full_and_compact(p, device)
+    full_head = Head(full, n, D, channels).to(device)
+    compact_head = Head(compact, n, D, channels).to(device)
+    K = compact.calculate_l(n, D)
+    assert compact_head.w.shape == (channels, K)
+    with torch.no_grad():
+        compact_head.w.copy_(compact.compress_parameters(full_head.w, n, D))
+    x = torch.randn(5, D, device=device)
+    assert torch.equal(compact_head(x), full_head(x))
+    back = compact.expand_parameters(compact_head.w.detach(), n, D)
+    assert back.shape == (channels, n * D)
+    mask = compact.generate_masking_matrix(n, D, device=device).reshape(-1)
+    assert torch.equal(back[:, mask], full_head.w.detach()[:, mask])
+    assert torch.equal(back[:, ~mask], torch.zeros_like(back[:, ~mask]))
+    assert torch.equal(compact.compress_parameters(back, n, D), compact_head.w.detach())
+    with pytest.raises(ValueError, match=error_pattern("w", str(n * D), str(K))):
+        compact.compress_parameters(compact_head.w, n, D)
+    with pytest.raises(ValueError, match=error_pattern("w", str(K), str(n * D))):
+        compact.expand_parameters(full_head.w, n, D)
+
+
+def _saved_bytes(module):
+    buffer = io.BytesIO()
+    torch.save(module.state_dict(), buffer)
+    return buffer.getbuffer().nbytes
+
+
+@pytest.mark.parametrize("p", [0.1, 0.25, 0.5])
+def test_state_dict_is_about_p_times_the_full_one(p):
+    n, D = 256, 256
+    full, compact = _full_and_compact(p)
+    full_bytes, compact_bytes = _saved_bytes(Head(full, n, D)), _saved_bytes(Head(compact, n, D))
+    assert full_bytes > 4 * n * D
+    assert abs(compact_bytes / full_bytes - p) < 0.02, (compact_bytes, full_bytes)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("p", [0.2, 0.7])
+def test_adam_step_matches_the_full_modules_kept_entries(device, p):
+    """Adam (weight decay off) on the compact parameters moves the kept entries exactly as it
+    moves them in the full parameters, where the dropped entries' zero gradients leave them be."""
+    n, D, channels = 20, 33, 2
+    torch.manual_seed(0)
+    full, compact = _full_and_compact(p, device)
+    full_head, compact_head = Head(full, n, D, channels).to(device), Head(compact, n, D, channels).to(device)
+    with torch.no_grad():
+        compact_head.w.copy_(compact.compress_parameters(full_head.w, n, D))
+    optimizers = [torch.optim.Adam(head.parameters(), lr=0.05, weight_decay=0.0) for head in (full_head, compact_head)]
+    for step in range(3):
+        x = torch.randn(7, D, device=device)
+        target = torch.randn(7, n, device=device)
+        for head, optimizer in zip((full_head, compact_head), optimizers):
+            optimizer.zero_grad()
+            torch.nn.functional.mse_loss(head(x), target).backward()
+            optimizer.step()
+        assert torch.equal(compact.compress_parameters(full_head.w.detach(), n, D), compact_head.w.detach()), step
+    state = optimizers[1].state[compact_head.w]
+    assert state["exp_avg"].shape == state["exp_avg_sq"].shape == (channels, compact.calculate_l(n, D))

@@ -17,6 +17,7 @@
     masked_linear, MaskedLinear, dropconnect  DropConnect for any model (docs/dropconnect.md)
 """
 
+import importlib
 import sys
 
 from . import _library  # first: checks the build against this torch and loads the ops
@@ -44,6 +45,7 @@ op_library_path = _library.OP_LIBRARY_PATH  # for torch.ops.load_library, AOTInd
 
 def __getattr__(name):
     # tinybig_cuda.distributed on first use: it imports torch.distributed.tensor (about a second).
+    # (Not `from . import distributed`, which asks this function for the attribute first.)
     if name == "distributed":
-        return ops._register_dtensor_rules()
+        return importlib.import_module(f"{__name__}.distributed")
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -16,6 +16,7 @@ import operator
 
 import torch
 
+from . import _torch_compat as compat
 from ._library import _C
 
 INT64_MAX = 2**63 - 1
@@ -74,11 +75,69 @@ def shape(op, value):
     return [integer(op, "shape", size) for size in value]
 
 
+def non_negative(op, argument, value):
+    """`integer`, and a ValueError naming it unless >= 0: a size, a count or a limit."""
+    value = integer(op, argument, value)
+    if value < 0:
+        raise ValueError(f"{op}: expected {argument} to be a non-negative integer, but got {value!r}")
+    return value
+
+
+def matrix_shape(op, n, D):
+    """n and D, the shape of a fabricated matrix, as non-negative int64s."""
+    return non_negative(op, "n", n), non_negative(op, "D", D)
+
+
+def requested_device(value):
+    """The torch.device a `device` argument names (tinyBIG passes strings), parsed once per value."""
+    if compat.is_compiling():
+        # Not through the cache: torch.compile would guard on its contents, and the next eager
+        # call, filling it, would recompile the graph.
+        return torch.device(value)
+    requested = _REQUESTED_DEVICES.get(value)
+    if requested is None:
+        requested = _REQUESTED_DEVICES.setdefault(value, torch.device(value))
+    return requested
+
+
+_REQUESTED_DEVICES = {}
+
+
+def is_on(actual: torch.device, requested: torch.device) -> bool:
+    """Whether data on `actual` is on `requested` ("cuda" without an index: on any GPU)."""
+    if actual == requested:  # the common case, and much cheaper than reading .type and .index
+        return True
+    if actual.type != requested.type:
+        return False
+    return requested.index is None or (actual.index is None and requested.index == 0)
+
+
+def check_device(op, w, device):
+    """A ValueError unless `device` is None or names w's device (tinyBIG passes the one it built on)."""
+    if device is not None and not is_on(w.device, requested_device(device)):
+        raise ValueError(f"{op}: expected device to be w's device {w.device}, but got {device!r}")
+
+
 def rng_state(op, value):
     """A TypeError unless value is a tensor (the dispatcher's own is "Unable to cast [1, 2] to
     Tensor"); its dtype, shape and device are the kernels' to check."""
     if not isinstance(value, torch.Tensor):
         raise TypeError(f"{op}: expected rng_state to be an int64 tensor [seed, offset], but got {type(value).__name__}")
+
+
+# The tensor types that take the direct paths (the ops without a look for DTensor, the module's
+# one trip into C++): a subclass (DTensor, FakeTensor, a user's) takes the checked one.
+PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+
+def is_dtensor(tensor):
+    # By name: importing torch.distributed.tensor to compare classes costs about a second.
+    return type(tensor).__name__ == "DTensor"
+
+
+def limit_text(limit):
+    """How messages write INT64_MAX or MAX_COMPACT_ELEMENTS: "2**63 - 1", "2**62 - 1"."""
+    return f"2**{limit.bit_length()} - 1"
 
 
 # ---------------------------------------------------------------- the fake kernels' checks
@@ -147,6 +206,49 @@ def fake_check_shape(op, sizes, max_elements=INT64_MAX):
     numel = 1
     for size in sizes:
         numel = numel * size
-    limit = "2**63 - 1" if max_elements == INT64_MAX else "2**62 - 1"
-    torch._check_value(numel <= max_elements, lambda: f"{op}: expected a shape of at most {limit} elements, but got {list(sizes)}")
+    torch._check_value(
+        numel <= max_elements, lambda: f"{op}: expected a shape of at most {limit_text(max_elements)} elements, but got {list(sizes)}"
+    )
     return numel
+
+
+# The compact ops' checks: csrc/ops/compact.cpp's check_*_arguments, each in its order.
+
+
+def fake_check_count_arguments(op, numel, p, rng_state, element_offset):
+    torch._check_value(numel >= 0, lambda: f"{op}: expected numel >= 0, but got {numel}")
+    torch._check_value(
+        numel <= MAX_COMPACT_ELEMENTS,
+        lambda: f"{op}: expected numel <= {limit_text(MAX_COMPACT_ELEMENTS)} (the most elements a float16 matrix can have), but got {numel}",
+    )
+    fake_check_probability(op, p)
+    fake_check_rng_state(op, rng_state, rng_state.device)
+    fake_check_element_offset(op, element_offset, numel)
+
+
+def fake_check_expand_arguments(op, values, p, rng_state, shape, element_offset):
+    check_maskable_dtype(op, "values", values)
+    torch._check_value(
+        values.dim() == 1,
+        lambda: f"{op}: expected values to be 1-D (the kept entries in row-major order), but got shape {list(values.shape)}",
+    )
+    numel = fake_check_shape(op, shape, MAX_COMPACT_ELEMENTS)
+    torch._check_value(
+        values.numel() <= numel,
+        lambda: f"{op}: expected values to have at most {numel} elements (a mask keeps at most every entry of shape {list(shape)}), but got {values.numel()}",
+    )
+    fake_check_probability(op, p)
+    fake_check_rng_state(op, rng_state, values.device, cpu_allowed=True)
+    fake_check_element_offset(op, element_offset, numel)
+
+
+def fake_check_compress_arguments(op, full, p, rng_state, kept_count, element_offset):
+    check_maskable_dtype(op, "full", full)
+    torch._check_value(kept_count >= 0, lambda: f"{op}: expected kept_count >= 0, but got {kept_count}")
+    torch._check_value(
+        kept_count <= full.numel(),
+        lambda: f"{op}: expected kept_count <= {full.numel()} (a mask keeps at most every entry of full), but got {kept_count}",
+    )
+    fake_check_probability(op, p)
+    fake_check_rng_state(op, rng_state, full.device, cpu_allowed=True)
+    fake_check_element_offset(op, element_offset, full.numel())

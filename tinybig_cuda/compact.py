@@ -18,9 +18,9 @@ from typing import Optional, Sequence
 
 import torch
 
-from . import ops  # noqa: F401  (loads the compiled library, or says why it cannot)
 from . import _C
 from . import _arguments as arguments
+from . import _op_handles as handles
 from . import _torch_compat as compat
 
 __all__ = ["bernoulli_mask_count", "count_kept", "bernoulli_mask_expand", "bernoulli_mask_compress", "empty_compact_cache"]
@@ -45,7 +45,7 @@ def bernoulli_mask_count(numel: int, p: float, rng_state: torch.Tensor, element_
     numel = arguments.integer(op, "numel", numel)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
-    return torch.ops.tinybig_cuda.bernoulli_mask_count.default(numel, p, rng_state, element_offset)
+    return handles.bernoulli_mask_count(numel, p, rng_state, element_offset)
 
 
 def count_kept(numel: int, p: float, rng_state: torch.Tensor, element_offset: int = 0) -> int:
@@ -84,7 +84,7 @@ def bernoulli_mask_expand(
     shape = arguments.shape(op, shape)
     p = arguments.keep_probability(op, p)
     element_offset = arguments.integer(op, "element_offset", element_offset)
-    return torch.ops.tinybig_cuda.bernoulli_mask_expand.default(values, p, rng_state, shape, element_offset)
+    return handles.bernoulli_mask_expand(values, p, rng_state, shape, element_offset)
 
 
 def bernoulli_mask_compress(
@@ -114,7 +114,7 @@ def bernoulli_mask_compress(
     if kept_count is None:
         kept_count = count_kept(full.numel(), p, rng_state, element_offset)
     kept_count = arguments.integer(op, "kept_count", kept_count)
-    return torch.ops.tinybig_cuda.bernoulli_mask_compress.default(full, p, rng_state, kept_count, element_offset)
+    return handles.bernoulli_mask_compress(full, p, rng_state, kept_count, element_offset)
 
 
 def empty_compact_cache() -> None:
@@ -132,48 +132,18 @@ def empty_compact_cache() -> None:
 
 @compat.register_fake("tinybig_cuda::bernoulli_mask_count")
 def _(numel, p, rng_state, element_offset=0):
-    op = "tinybig_cuda.bernoulli_mask_count"
-    torch._check_value(numel >= 0, lambda: f"{op}: expected numel >= 0, but got {numel}")
-    torch._check_value(
-        numel <= arguments.MAX_COMPACT_ELEMENTS,
-        lambda: f"{op}: expected numel <= 2**62 - 1 (the most elements a float16 matrix can have), but got {numel}",
-    )
-    arguments.fake_check_probability(op, p)
-    arguments.fake_check_rng_state(op, rng_state, rng_state.device)
-    arguments.fake_check_element_offset(op, element_offset, numel)
+    arguments.fake_check_count_arguments("tinybig_cuda.bernoulli_mask_count", numel, p, rng_state, element_offset)
     return torch.empty((), dtype=torch.int64, device=rng_state.device)
 
 
 @compat.register_fake("tinybig_cuda::bernoulli_mask_expand")
 def _(values, p, rng_state, shape, element_offset=0):
-    op = "tinybig_cuda.bernoulli_mask_expand"
-    arguments.check_maskable_dtype(op, "values", values)
-    torch._check_value(
-        values.dim() == 1,
-        lambda: f"{op}: expected values to be 1-D (the kept entries in row-major order), but got shape {list(values.shape)}",
-    )
-    numel = arguments.fake_check_shape(op, shape, arguments.MAX_COMPACT_ELEMENTS)
-    torch._check_value(
-        values.numel() <= numel,
-        lambda: f"{op}: expected values to have at most {numel} elements (a mask keeps at most every entry of shape {list(shape)}), but got {values.numel()}",
-    )
-    arguments.fake_check_probability(op, p)
-    arguments.fake_check_rng_state(op, rng_state, values.device, cpu_allowed=True)
-    arguments.fake_check_element_offset(op, element_offset, numel)
+    arguments.fake_check_expand_arguments("tinybig_cuda.bernoulli_mask_expand", values, p, rng_state, shape, element_offset)
     # Whether values holds the mask's kept count depends on data; the real kernels check it.
     return torch.empty(shape, dtype=values.dtype, device=values.device)
 
 
 @compat.register_fake("tinybig_cuda::bernoulli_mask_compress")
 def _(full, p, rng_state, kept_count, element_offset=0):
-    op = "tinybig_cuda.bernoulli_mask_compress"
-    arguments.check_maskable_dtype(op, "full", full)
-    torch._check_value(kept_count >= 0, lambda: f"{op}: expected kept_count >= 0, but got {kept_count}")
-    torch._check_value(
-        kept_count <= full.numel(),
-        lambda: f"{op}: expected kept_count <= {full.numel()} (a mask keeps at most every entry of full), but got {kept_count}",
-    )
-    arguments.fake_check_probability(op, p)
-    arguments.fake_check_rng_state(op, rng_state, full.device, cpu_allowed=True)
-    arguments.fake_check_element_offset(op, element_offset, full.numel())
+    arguments.fake_check_compress_arguments("tinybig_cuda.bernoulli_mask_compress", full, p, rng_state, kept_count, element_offset)
     return torch.empty((kept_count,), dtype=full.dtype, device=full.device)

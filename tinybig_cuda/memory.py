@@ -8,10 +8,8 @@ op itself. The cache holds at most 1 GiB by default, per process (so also in eac
 worker that runs the ops); smaller outputs and CUDA outputs use torch's own allocators. The
 profiler's memory view counts a block as allocated while a tensor uses it, as for CUDA."""
 
-import operator
-
-from . import ops  # noqa: F401  (loads the compiled library)
 from . import _C
+from . import _arguments as arguments
 
 __all__ = ["cpu_output_cache_info", "set_cpu_output_cache_limit", "empty_cpu_output_cache"]
 
@@ -25,21 +23,7 @@ def cpu_output_cache_info() -> dict:
 def set_cpu_output_cache_limit(limit_bytes: int) -> None:
     """Keeps at most `limit_bytes` of freed CPU outputs from now on (0 keeps none), freeing the
     least recently used blocks beyond it at once."""
-    if isinstance(limit_bytes, bool):  # an int subclass, but never a size
-        limit = None
-    else:
-        try:
-            limit = operator.index(limit_bytes)
-        except TypeError:
-            limit = None
-    if limit is None:
-        raise TypeError(
-            "set_cpu_output_cache_limit: expected limit_bytes to be an int, "
-            f"but got {limit_bytes!r} of type {type(limit_bytes).__name__}"
-        )
-    if not 0 <= limit < 2**63:
-        raise ValueError(f"set_cpu_output_cache_limit: expected limit_bytes to be an int in [0, 2**63), but got {limit}")
-    _C.set_output_cache_limit(limit)
+    _C.set_output_cache_limit(arguments.non_negative("set_cpu_output_cache_limit", "limit_bytes", limit_bytes))
 
 
 def empty_cpu_output_cache() -> None:

@@ -1,6 +1,8 @@
-"""tinyBIG's parameter fabrication base class and its masking reconciliation, on the fused op."""
+"""tinyBIG's parameter fabrication base class and its masking reconciliation, on the fused op.
 
-import math
+Pickles and tinyBIG configs name these classes by this module's path. masking_reconciliation's
+compact=True half is _compact_parameters.py; its state, _rng_state.py."""
+
 import sys
 import warnings
 from abc import ABC, abstractmethod
@@ -10,7 +12,8 @@ import torch
 from . import _C
 from . import _arguments as arguments
 from . import _torch_compat as compat
-from .compact import bernoulli_mask_compress, bernoulli_mask_expand, count_kept
+from ._compact_parameters import CompactParameters
+from ._rng_state import as_buffer, draw_rng_state, is_rng_state
 from .ops import bernoulli_mask, bernoulli_mask_apply
 
 __all__ = ["fabrication", "masking_reconciliation"]
@@ -62,33 +65,20 @@ class fabrication(torch.nn.Module, ABC):
         """Fabricates the (n, D) matrix from the parameters w."""
 
 
-def _check_keep_probability(p):
-    return arguments.keep_probability("masking_reconciliation", p)
+# The conditions of forward's one trip into C++, bound once: it asks them on every call.
+# (torch.compile still sees is_compiling for what it is.)
+_is_compiling = compat.is_compiling
+_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
 
 
-def _check_size(argument, value):
-    value = arguments.integer("masking_reconciliation", argument, value)
-    if value < 0:
-        raise ValueError(f"masking_reconciliation: expected {argument} to be a non-negative integer, but got {value!r}")
-    return value
+def _compiled_autograd_enabled():
+    """Whether torch._dynamo's compiled autograd is on (then the op's own autograd, which it
+    supports, is taken). Its module is only imported by code that uses it."""
+    compiled_autograd = sys.modules.get("torch._dynamo.compiled_autograd")
+    return compiled_autograd is not None and compiled_autograd.compiled_autograd_enabled
 
 
-def _draw_rng_state(device):
-    """A fresh [seed, offset] from torch's generator for `device`, covering all 64 bits of each, made
-    on the device itself (a CUDA state costs no host sync). Eager: two draws of the generator in C++
-    (masked_fabrication draws the same way). Compiled, or under FakeTensorMode (which has no data
-    to write the draws into, as for nn.Linear's init there): torch.randint, which the compiler traces
-    into the graph and makes with its own generator."""
-    if compat.is_compiling() or _fake_mode_active():
-        return torch.randint(-(2**63), 2**63 - 1, (2,), dtype=torch.int64, device=device)
-    return _C.draw_rng_state(torch.device(device))
-
-
-def _fake_mode_active():
-    return torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FAKE) is not None
-
-
-class masking_reconciliation(fabrication):
+class masking_reconciliation(CompactParameters, fabrication):
     """psi(w) = M ⊙ reshape(w): a Bernoulli(p) keep-mask applied to the (n, D) parameter matrix.
 
     The mask is never stored. It is a pure function of a 16-byte ``rng_state`` buffer
@@ -146,7 +136,7 @@ class masking_reconciliation(fabrication):
         if compat.default_device().type == "meta":
             state = torch.empty(2, dtype=torch.int64, device="meta")
         else:
-            state = _draw_rng_state("cpu")
+            state = draw_rng_state("cpu")
         self.register_buffer("rng_state", state, persistent=self.fixed_mask)
 
     def __init_subclass__(cls, **kwargs):
@@ -178,7 +168,7 @@ class masking_reconciliation(fabrication):
 
     @p.setter
     def p(self, value):
-        self.__dict__["_p"] = _check_keep_probability(value)
+        self.__dict__["_p"] = arguments.keep_probability("masking_reconciliation", value)
 
     def reset_parameters(self):
         """Draws a new ``rng_state`` (so a new mask) from torch's default CPU generator, in place on
@@ -187,7 +177,7 @@ class masking_reconciliation(fabrication):
         every rank alike or call ``tinybig_cuda.distributed.broadcast_rng_states`` once after init:
         FSDP2 does not broadcast buffers."""
         with torch.no_grad():
-            self.rng_state.copy_(_draw_rng_state("cpu"))
+            self.rng_state.copy_(draw_rng_state("cpu"))
 
     def _config_parameters(self):
         return {**super()._config_parameters(), "p": self.p, "fixed_mask": self.fixed_mask, "compact": self.compact}
@@ -202,34 +192,8 @@ class masking_reconciliation(fabrication):
         matrix (its expectation is p*n*D, as tinyBIG's documentation promises), counted by a
         kernel without materialising the mask (on CUDA, one host sync), then remembered.
         """
-        n, D = _check_size("n", n), _check_size("D", D)
+        n, D = arguments.matrix_shape("masking_reconciliation", n, D)
         return self._kept_count(n, D) if self.compact else n * D
-
-    def _kept_count(self, n, D, state=None):
-        """K of the mask of `state` (the module's rng_state if None), remembered by value."""
-        if n * D > arguments.MAX_COMPACT_ELEMENTS:
-            raise ValueError(
-                f"masking_reconciliation: expected n*D <= 2**62 - 1 (the most elements a compact matrix can have), but got n={n}, D={D}"
-            )
-        state = self.rng_state if state is None else state
-        # Keyed on the state's value (on CUDA, reading it is a 16-byte copy): a new state tensor
-        # at a freed address, or one written behind autograd's back, can never give a stale count.
-        # The count is the same on every device.
-        key = (n, D, self.p, tuple(state.tolist()))
-        kept = self._kept_counts.get(key)
-        if kept is None:
-            if len(self._kept_counts) >= 64:
-                self._kept_counts.clear()
-            kept = self._kept_counts[key] = count_kept(n * D, self.p, state)
-        return kept
-
-    def _check_compact_w(self, n, D, w, state):
-        kept = self._kept_count(n, D, state)
-        if w.numel() != kept:
-            raise ValueError(
-                f"masking_reconciliation: expected w to have calculate_l({n}, {D}) = {kept} elements (compact=True: "
-                f"the entries the mask keeps of the {n}x{D} matrix), but got shape {tuple(w.shape)} ({w.numel()} elements)"
-            )
 
     def generate_masking_matrix(self, n, D, device="cpu"):
         """The boolean (n, D) keep-mask of the current ``rng_state`` (for ``fixed_mask=False``,
@@ -239,7 +203,7 @@ class masking_reconciliation(fabrication):
         Returns:
             A bool tensor of shape (n, D), True where entries are kept.
         """
-        n, D = _check_size("n", n), _check_size("D", D)
+        n, D = arguments.matrix_shape("masking_reconciliation", n, D)
         self._mask_matrix_of = (n, D, device)
         return self.mask_matrix
 
@@ -273,10 +237,10 @@ class masking_reconciliation(fabrication):
             A new contiguous (n, D) tensor of w's dtype, on w's device.
         """
         if (
-            type(n) is int and type(D) is int and n >= 0 and D >= 0 and type(w) in _PLAIN_TENSOR_TYPES
+            type(n) is int and type(D) is int and n >= 0 and D >= 0 and type(w) in arguments.PLAIN_TENSOR_TYPES
             and not _is_compiling() and not _torch_function_mode_enabled() and not _compiled_autograd_enabled()
             and w.numel() == n * D and not self.compact
-            and (device is None or _is_on(w.device, _requested_device(device)))
+            and (device is None or arguments.is_on(w.device, arguments.requested_device(device)))
         ):
             # tinyBIG's call, eager: one trip into C++, which checks p, w's dtype and the state, and
             # hands back the state it used (a fresh one, or the fixed one on w's device).
@@ -295,29 +259,21 @@ class masking_reconciliation(fabrication):
         """Every other call (compact, traced by torch.compile or export, a tensor subclass or a
         torch function mode, bad arguments): each argument checked and named, and the op called
         through torch.ops."""
-        n, D = _check_size("n", n), _check_size("D", D)
+        n, D = arguments.matrix_shape("masking_reconciliation", n, D)
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"masking_reconciliation: expected w to be a torch.Tensor, but got {type(w).__name__}")
         if self.compact:
-            _refuse_dtensor("forward", w)
-            self._check_device(w, device)
-            arguments.check_maskable_dtype("masking_reconciliation", "w", w)  # the op would call it `values`
-            state = self._compact_ops_state(w.device)
-            if state.device.type == "cpu" and not _is_compiling():  # the op checks the count again, also when compiled
-                self._check_compact_w(n, D, w, state)
-            matrix = bernoulli_mask_expand(w.reshape(-1), self.p, state, (n, D))
-            self._mask_matrix_of = (n, D, w.device)  # once the call succeeded
-            return matrix
+            return self._compact_forward(n, D, w, device)
         if w.numel() != n * D:
             raise ValueError(
                 f"masking_reconciliation: expected w to have n*D = {n}*{D} = {n * D} elements, "
                 f"but got shape {tuple(w.shape)} ({w.numel()} elements)"
             )
-        self._check_device(w, device)
+        arguments.check_device("masking_reconciliation", w, device)
         if self.fixed_mask:
             masked = bernoulli_mask_apply(w.reshape(n, D), self.p, self._state_on(w.device))
         else:
-            state = _as_buffer(lambda: _draw_rng_state(w.device))
+            state = as_buffer(lambda: draw_rng_state(w.device))
             masked = bernoulli_mask_apply(w.reshape(n, D), self.p, state)
             if w.is_meta:  # shape inference: its state is this call's only, so is its mask
                 return masked
@@ -332,34 +288,13 @@ class masking_reconciliation(fabrication):
         if state.device != device:
             if device.type == "meta":  # no data to copy (and torch 2.2 cannot move a fake tensor there)
                 return torch.empty_like(state, device=device)
-            state = self._buffers["rng_state"] = _as_buffer(lambda: state.to(device))
+            state = self._buffers["rng_state"] = as_buffer(lambda: state.to(device))
         return state
-
-    def _compact_ops_state(self, device):
-        """The fixed state as the compact ops take it for data on `device`: on the CPU wherever
-        its value can be read, so that the ops check the kept count without waiting for the device
-        and, on CUDA, skip counting a mask they have seen (csrc/ops/cuda/compact_cuda.cpp).
-
-        - A state on the CPU stays there. Used with CUDA data it is pinned, once, so that a CUDA
-          graph captured with it copies its value at every replay.
-        - A state elsewhere moves to `device` for good, as for the masking ops; its 16 bytes are
-          then read back on each call (on CUDA, one host sync). Under torch.compile or CUDA graph
-          capture, where no value can be read, and on the meta device, the state itself is passed.
-        """
-        state = self._buffers["rng_state"]
-        if state.device.type == "cpu":
-            if device.type == "cuda" and not _is_compiling() and not state.is_pinned():
-                state = self._buffers["rng_state"] = _as_buffer(state.pin_memory)
-            return state
-        state = self._state_on(device)
-        if _is_compiling() or state.is_meta or (state.is_cuda and torch.cuda.is_current_stream_capturing()):
-            return state
-        return state.cpu()
 
     def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs):
         key = prefix + "rng_state"
         loaded = state_dict.get(key)
-        if self.fixed_mask and loaded is not None and not _is_rng_state(loaded):
+        if self.fixed_mask and loaded is not None and not is_rng_state(loaded):
             # copy_ would convert it silently (and so change the mask): refuse it, load the rest.
             what = f"dtype {loaded.dtype} and shape {list(loaded.shape)}" if isinstance(loaded, torch.Tensor) else type(loaded).__name__
             error_msgs.append(f"masking_reconciliation: expected {key} to be an int64 tensor of shape [2] ([seed, offset]), but got {what}")
@@ -377,64 +312,6 @@ class masking_reconciliation(fabrication):
                     stacklevel=_caller_stacklevel(),
                 )
 
-    @staticmethod
-    def _check_device(w, device):
-        if device is not None and not _is_on(w.device, _requested_device(device)):
-            raise ValueError(f"masking_reconciliation: expected device to be w's device {w.device}, but got {device!r}")
-
-    def compress_parameters(self, w, n, D):
-        """Full parameters -> compact ones: the entries of each (n, D) row of `w` that this module's
-        mask keeps, for loading full-size (tinyBIG-style) weights into a compact module.
-
-        Args:
-            w: tensor of shape (..., n*D), e.g. tinyBIG's (1, n*D) or (channels, n*D) parameter.
-            n, D: the matrix's shape.
-
-        Returns:
-            A new tensor of shape (..., K), K = calculate_l(n, D) of a compact module with this
-            ``rng_state`` and ``p``; `forward` of a compact module on it gives the same matrix as
-            `forward` of a full module on `w`. (tinyBIG's own masks come from torch.rand and
-            cannot be reproduced: a converted model uses this module's mask.)
-        """
-        n, D = _check_size("n", n), _check_size("D", D)
-        self._check_fixed_mask("compress_parameters")
-        if w.dim() == 0 or w.shape[-1] != n * D:
-            raise ValueError(f"masking_reconciliation: expected w of shape (..., n*D) = (..., {n * D}), but got shape {tuple(w.shape)}")
-        _refuse_dtensor("compress_parameters", w)
-        state = self._compact_ops_state(w.device)
-        kept = self._kept_count(n, D, state)
-        rows = [bernoulli_mask_compress(row, self.p, state, kept) for row in _rows(w, n * D)]
-        return _stack_rows(rows, w, kept)
-
-    def expand_parameters(self, w, n, D):
-        """Compact parameters -> full ones: each row of K kept entries scattered into its (n, D)
-        matrix's row-major positions, zeros elsewhere; the inverse of `compress_parameters` up to
-        the dropped entries.
-
-        Args:
-            w: tensor of shape (..., K), K = calculate_l(n, D) of a compact module.
-            n, D: the matrix's shape.
-
-        Returns:
-            A new tensor of shape (..., n*D).
-        """
-        n, D = _check_size("n", n), _check_size("D", D)
-        self._check_fixed_mask("expand_parameters")
-        _refuse_dtensor("expand_parameters", w)
-        state = self._compact_ops_state(w.device)
-        kept = self._kept_count(n, D, state)
-        if w.dim() == 0 or w.shape[-1] != kept:
-            raise ValueError(
-                f"masking_reconciliation: expected w of shape (..., K) = (..., {kept}), K the entries the mask keeps "
-                f"of the {n}x{D} matrix, but got shape {tuple(w.shape)}"
-            )
-        rows = [bernoulli_mask_expand(row, self.p, state, (n * D,)) for row in _rows(w, kept)]
-        return _stack_rows(rows, w, n * D)
-
-    def _check_fixed_mask(self, method):
-        if not self.fixed_mask:
-            raise ValueError(f"masking_reconciliation.{method}: converts parameters under one fixed mask, so it expected fixed_mask=True, but got fixed_mask=False")
-
     def extra_repr(self):
         return f"p={self.p}, fixed_mask={self.fixed_mask}" + (", compact=True" if self.compact else "")
 
@@ -447,11 +324,11 @@ def _state_of_tinybig_pickle(state):
     draw a mask at its next call)."""
     state = dict(state)
     mask = state.pop("mask_matrix", None)
-    state["_p"] = _check_keep_probability(state.pop("p", 0.5))
+    state["_p"] = arguments.keep_probability("masking_reconciliation", state.pop("p", 0.5))
     state["fixed_mask"] = fixed_mask = bool(state.get("fixed_mask", True))
     state.update(compact=False, _kept_counts={}, _mask_matrix_of=None)
     buffers, non_persistent = dict(state["_buffers"]), set(state["_non_persistent_buffers_set"])
-    buffers["rng_state"] = _draw_rng_state("cpu")
+    buffers["rng_state"] = draw_rng_state("cpu")
     if not fixed_mask:
         non_persistent.add("rng_state")
     elif isinstance(mask, torch.Tensor):
@@ -470,7 +347,7 @@ class _tinybig_mask_reconciliation(masking_reconciliation):
     need a Philox mask, are refused until then."""
 
     def forward(self, n, D, w, device=None, *args, **kwargs):
-        n, D = _check_size("n", n), _check_size("D", D)
+        n, D = arguments.matrix_shape("masking_reconciliation", n, D)
         mask = self._stored_mask(n, D)
         if not isinstance(w, torch.Tensor):
             raise TypeError(f"masking_reconciliation: expected w to be a torch.Tensor, but got {type(w).__name__}")
@@ -479,7 +356,7 @@ class _tinybig_mask_reconciliation(masking_reconciliation):
                 f"masking_reconciliation: expected w to have n*D = {n}*{D} = {n * D} elements, "
                 f"but got shape {tuple(w.shape)} ({w.numel()} elements)"
             )
-        self._check_device(w, device)
+        arguments.check_device("masking_reconciliation", w, device)
         arguments.check_maskable_dtype("masking_reconciliation", "w", w)
         return torch.where(mask.to(w.device), w.reshape(n, D), torch.zeros((), dtype=w.dtype, device=w.device))
 
@@ -494,7 +371,7 @@ class _tinybig_mask_reconciliation(masking_reconciliation):
 
     def generate_masking_matrix(self, n, D, device="cpu"):
         """The pickled tinyBIG mask, on `device` (it draws no new mask, as the parent's)."""
-        return self._stored_mask(_check_size("n", n), _check_size("D", D)).to(device)
+        return self._stored_mask(*arguments.matrix_shape("masking_reconciliation", n, D)).to(device)
 
     mask_matrix = property(lambda self: self.tinybig_mask, masking_reconciliation.mask_matrix.fset)
 
@@ -525,45 +402,6 @@ class _tinybig_mask_reconciliation(masking_reconciliation):
         return super().extra_repr() + f", pickled tinyBIG mask of shape {tuple(self.tinybig_mask.shape)}"
 
 
-def _rows(w, row_length):
-    """w's rows of `row_length`, as a 2-D tensor: counted from w's leading sizes, since a -1 cannot
-    be inferred for rows of no elements."""
-    return w.reshape(math.prod(w.shape[:-1]), row_length)
-
-
-def _refuse_dtensor(method, w):
-    # By name, as ops._is_dtensor: importing DTensor to compare classes costs about a second.
-    if type(w).__name__ == "DTensor":
-        raise NotImplementedError(
-            f"masking_reconciliation.{method}: expected w to be a plain tensor, but got a DTensor: compact parameters "
-            "(compact=True, compress_parameters, expand_parameters) have no DTensor support, since a shard's kept "
-            "entries depend on every entry before it; use compact=False, whose forward takes DTensors"
-        )
-
-
-def _stack_rows(rows, w, row_length):
-    if not rows:
-        return w.new_empty(tuple(w.shape[:-1]) + (row_length,))
-    return torch.stack(rows).reshape(tuple(w.shape[:-1]) + (row_length,))
-
-
-_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
-# Bound once: forward asks both on every call. torch.compile still sees is_compiling for what it is.
-_is_compiling = compat.is_compiling
-_torch_function_mode_enabled = torch._C._is_torch_function_mode_enabled
-
-
-def _as_buffer(make):
-    """make(), a tensor the module keeps as its rng_state buffer: made outside inference mode, so
-    that a first call under torch.inference_mode() does not leave an inference tensor that
-    training can not save for backward nor reset_parameters() write. (torch.compile cannot trace
-    the inference-mode query: there the tensor is made as traced.)"""
-    if _is_compiling() or not torch.is_inference_mode_enabled():
-        return make()
-    with torch.inference_mode(False):
-        return make()
-
-
 def _caller_stacklevel():
     """The stacklevel of a warning raised here that points at the user's code: past this file and
     torch's Module (whose load_state_dict recurses once per submodule)."""
@@ -572,34 +410,3 @@ def _caller_stacklevel():
     while frame is not None and frame.f_code.co_filename in internal:
         frame, level = frame.f_back, level + 1
     return level
-
-
-def _compiled_autograd_enabled():
-    """Whether torch._dynamo's compiled autograd is on (then the op's own autograd, which it
-    supports, is taken). Its module is only imported by code that uses it."""
-    compiled_autograd = sys.modules.get("torch._dynamo.compiled_autograd")
-    return compiled_autograd is not None and compiled_autograd.compiled_autograd_enabled
-_REQUESTED_DEVICES = {}  # device argument (tinyBIG passes strings) -> torch.device, parsed once
-
-
-def _requested_device(device):
-    if _is_compiling():
-        # Not through the cache: torch.compile would guard on its contents, and the next eager
-        # call, filling it, would recompile the graph.
-        return torch.device(device)
-    requested = _REQUESTED_DEVICES.get(device)
-    if requested is None:
-        requested = _REQUESTED_DEVICES.setdefault(device, torch.device(device))
-    return requested
-
-
-def _is_rng_state(value):
-    return isinstance(value, torch.Tensor) and value.dtype == torch.int64 and value.shape == (2,)
-
-
-def _is_on(actual: torch.device, requested: torch.device) -> bool:
-    if actual == requested:  # the common case, and much cheaper than reading .type and .index
-        return True
-    if actual.type != requested.type:
-        return False
-    return requested.index is None or (actual.index is None and requested.index == 0)

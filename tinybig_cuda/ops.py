@@ -2,12 +2,12 @@
 
 The ops' autograd is registered in C++ (csrc/ops/autograd.cpp)."""
 
-import importlib
 from typing import Optional, Sequence
 
 import torch
 
 from . import _arguments as arguments
+from . import _op_handles as handles
 from . import _torch_compat as compat
 
 __all__ = ["bernoulli_mask_apply", "bernoulli_mask"]
@@ -50,8 +50,8 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if row_length is not None:
         row_length = arguments.integer(op, "row_length", row_length)
-    if not _dtensor_rules_registered and (type(w) not in _PLAIN_TENSOR_TYPES or type(rng_state) not in _PLAIN_TENSOR_TYPES):
-        if _is_dtensor(w) or _is_dtensor(rng_state):
+    if not _dtensor_rules_registered and (type(w) not in arguments.PLAIN_TENSOR_TYPES or type(rng_state) not in arguments.PLAIN_TENSOR_TYPES):
+        if arguments.is_dtensor(w) or arguments.is_dtensor(rng_state):
             _register_dtensor_rules()
     if _is_dynamo_compiling():
         # p as data: torch.compile specialises an op's float argument (a graph per value), not a
@@ -60,10 +60,10 @@ def bernoulli_mask_apply(w: torch.Tensor, p: float, rng_state: torch.Tensor, ele
         # (torch.scalar_tensor(p) would specialise p again.) torch.export (non-strict) runs no
         # TorchDynamo: its program keeps the op with p as a float.
         p_tensor = torch.ones((), dtype=torch.float64, device="cpu") * p
-        return torch.ops.tinybig_cuda.bernoulli_mask_apply_p_tensor(w, p_tensor, rng_state, element_offset, row_length)
+        return handles.bernoulli_mask_apply_p_tensor(w, p_tensor, rng_state, element_offset, row_length)
     if row_length is None:  # the common call, without the argument parsing of a None
-        return _mask_apply_op(w, p, rng_state, element_offset)
-    return _mask_apply_op(w, p, rng_state, element_offset, row_length)
+        return handles.bernoulli_mask_apply(w, p, rng_state, element_offset)
+    return handles.bernoulli_mask_apply(w, p, rng_state, element_offset, row_length)
 
 
 def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, element_offset: int = 0,
@@ -92,36 +92,25 @@ def bernoulli_mask(shape: Sequence[int], p: float, rng_state: torch.Tensor, elem
     element_offset = arguments.integer(op, "element_offset", element_offset)
     if row_length is not None:
         row_length = arguments.integer(op, "row_length", row_length)
-    if device_mesh is not None or placements is not None or _is_dtensor(rng_state):
-        distributed = _register_dtensor_rules()
-        return distributed.sharded_bernoulli_mask(shape, p, rng_state, element_offset, row_length, device_mesh, placements)
-    return torch.ops.tinybig_cuda.bernoulli_mask.default(shape, p, rng_state, element_offset, row_length)
+    if device_mesh is not None or placements is not None or arguments.is_dtensor(rng_state):
+        return _register_dtensor_rules().sharded_bernoulli_mask(shape, p, rng_state, element_offset, row_length, device_mesh, placements)
+    return handles.bernoulli_mask(shape, p, rng_state, element_offset, row_length)
 
 
-_mask_apply_op = torch.ops.tinybig_cuda.bernoulli_mask_apply.default
 # Bound once (each call asks): False in eager code, True while torch.compile traces it.
 _is_dynamo_compiling = compat.is_dynamo_compiling
-_PLAIN_TENSOR_TYPES = (torch.Tensor, torch.nn.Parameter)
-
-
-def _is_dtensor(tensor):
-    # By name: importing torch.distributed.tensor to compare classes costs about a second.
-    return type(tensor).__name__ == "DTensor"
-
-
 _dtensor_rules_registered = False
 
 
 def _register_dtensor_rules():
-    """Imports and returns tinybig_cuda.distributed, which registers how the ops treat a DTensor:
-    at the first DTensor the entry points see, at the first use of ``tinybig_cuda.distributed``, or
-    at import if DTensor is already loaded (tinybig_cuda/__init__.py)."""
+    """Imports and returns tinybig_cuda._dtensor, which registers how the ops treat a DTensor:
+    at the first DTensor the entry points see, or at import if DTensor is already loaded
+    (tinybig_cuda/__init__.py). ``tinybig_cuda.distributed`` imports it too."""
     global _dtensor_rules_registered
-    # Not `from . import distributed`: that first asks the package for the attribute, and the
-    # package's __getattr__ for it calls this function again.
-    distributed = importlib.import_module(f"{__package__}.distributed")
+    from . import _dtensor
+
     _dtensor_rules_registered = True
-    return distributed
+    return _dtensor
 
 
 @compat.register_fake("tinybig_cuda::bernoulli_mask_apply_p_tensor")

@@ -15,8 +15,9 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from . import _arguments as arguments
+from . import _op_handles as handles
 from . import _torch_compat as compat
-from .modules import _draw_rng_state
+from ._rng_state import draw_rng_state
 from .ops import bernoulli_mask_apply
 
 __all__ = ["masked_linear", "MaskedLinear", "dropconnect"]
@@ -46,10 +47,10 @@ def masked_linear(x: torch.Tensor, w: torch.Tensor, p: float, rng_state: torch.T
         A new contiguous tensor of shape ``(..., out_features)``.
     """
     p = arguments.keep_probability("tinybig_cuda.masked_linear", p)
-    return _masked_linear_op(x, w, p, rng_state, bias)
+    return handles.masked_linear(x, w, p, rng_state, bias)
 
 
-_masked_linear_op = torch.ops.tinybig_cuda.masked_linear.default
+
 
 
 class MaskedLinear(torch.nn.Linear):
@@ -85,7 +86,7 @@ class MaskedLinear(torch.nn.Linear):
         if self.weight.device.type == "meta":
             state = torch.empty(2, dtype=torch.int64, device="meta")
         else:
-            state = _draw_rng_state("cpu").to(self.weight.device)
+            state = draw_rng_state("cpu").to(self.weight.device)
         self.register_buffer("rng_state", state, persistent=self.fixed_mask)
 
     def reset_parameters(self):
@@ -94,14 +95,14 @@ class MaskedLinear(torch.nn.Linear):
         super().reset_parameters()
         if "rng_state" in self._buffers:  # not yet during nn.Linear's own __init__
             with torch.no_grad():
-                self.rng_state.copy_(_draw_rng_state("cpu"))
+                self.rng_state.copy_(draw_rng_state("cpu"))
 
     def forward(self, input):
         if self.fixed_mask:
             state = self.rng_state
         else:
-            state = self.rng_state = _draw_rng_state(self.weight.device)
-        if type(self.weight).__name__ == "DTensor":
+            state = self.rng_state = draw_rng_state(self.weight.device)
+        if arguments.is_dtensor(self.weight):
             # Tensor parallelism (ColwiseParallel, RowwiseParallel) holds a DTensor weight: each
             # rank masks its shard with its place in the whole weight (bernoulli_mask_apply's
             # DTensor rule), and DTensor's linear does the rest. The masked shard is written out.
@@ -120,14 +121,14 @@ class DropConnect(torch.nn.Module):
         super().__init__()
         self.p = arguments.keep_probability("dropconnect", p)
         self.fixed_mask = bool(fixed_mask)
-        state = _draw_rng_state("cpu")
+        state = draw_rng_state("cpu")
         self.register_buffer("rng_state", state if device is None else state.to(device), persistent=self.fixed_mask)
 
     def forward(self, weight):
         if self.fixed_mask:
             state = self.rng_state
         else:
-            state = self.rng_state = _draw_rng_state(weight.device)
+            state = self.rng_state = draw_rng_state(weight.device)
         return bernoulli_mask_apply(weight, self.p, state)
 
     def extra_repr(self):
