@@ -49,22 +49,22 @@ def _assemble(global_shape, mesh_shape, placements, make_local):
     return full
 
 
-@pytest.mark.parametrize(
-    "global_shape, mesh_shape, placements",
-    [
-        ((7, 5), (2,), [Shard(0)]),
-        ((7, 5), (2,), [Shard(1)]),
-        ((7, 5), (3,), [Shard(1)]),
-        ((7, 5), (2, 2), [Shard(0), Shard(1)]),
-        ((7, 5), (2, 2), [Shard(1), Shard(0)]),
-        ((9, 13), (2, 3), [Shard(1), Shard(1)]),
-        ((9, 13), (2, 3), [Shard(0), Shard(0)]),
-        ((9, 13), (2, 3), [Replicate(), Shard(1)]),
-        ((3, 7, 5), (2,), [Shard(1)]),
-        ((1, 7, 5), (2, 2), [Shard(2), Shard(1)]),
-        ((4, 6, 10), (2, 2), [Shard(0), Shard(2)]),
-    ],
-)
+MESHES = [
+    ((7, 5), (2,), [Shard(0)]),
+    ((7, 5), (2,), [Shard(1)]),
+    ((7, 5), (3,), [Shard(1)]),
+    ((7, 5), (2, 2), [Shard(0), Shard(1)]),
+    ((7, 5), (2, 2), [Shard(1), Shard(0)]),
+    ((9, 13), (2, 3), [Shard(1), Shard(1)]),
+    ((9, 13), (2, 3), [Shard(0), Shard(0)]),
+    ((9, 13), (2, 3), [Replicate(), Shard(1)]),
+    ((3, 7, 5), (2,), [Shard(1)]),
+    ((1, 7, 5), (2, 2), [Shard(2), Shard(1)]),
+    ((4, 6, 10), (2, 2), [Shard(0), Shard(2)]),
+]
+
+
+@pytest.mark.parametrize("global_shape, mesh_shape, placements", MESHES)
 def test_every_shard_of_a_mesh_masks_its_part_of_the_whole(global_shape, mesh_shape, placements):
     state = make_state(*STATE)
     weight = torch.randn(global_shape)
@@ -76,6 +76,16 @@ def test_every_shard_of_a_mesh_masks_its_part_of_the_whole(global_shape, mesh_sh
         return bernoulli_mask_apply(local.reshape(rows, width), 0.45, state, element_offset, row_length).view(local_shape)
 
     assert_bitwise_equal(_assemble(global_shape, mesh_shape, placements, masked_shard), whole)
+
+
+@pytest.mark.parametrize("global_shape, mesh_shape, placements", MESHES)
+def test_the_package_places_every_shard_as_shard_documents(global_shape, mesh_shape, placements):
+    # The package's own arithmetic (plain integers, which torch.compile traces) against the oracle.
+    from tinybig_cuda.distributed import _local_box as package_local_box
+
+    for coordinate in itertools.product(*(range(n) for n in mesh_shape)):
+        expected = tuple(map(tuple, _local_box(global_shape, mesh_shape, coordinate, placements)))
+        assert package_local_box(global_shape, mesh_shape, coordinate, placements) == expected, coordinate
 
 
 def test_a_shard_that_is_no_window_is_refused():
@@ -94,7 +104,7 @@ def test_placements_that_are_no_box_are_refused():
     _check_placements("op", "w", [Shard(0), Replicate(), Partial(), Shard(-2)], 2)
     with pytest.raises(NotImplementedError, match="expected w placed with Shard, Replicate or Partial"):
         _check_placements("op", "w", [_StridedShard(0, split_factor=2)], 2)
-    for past in (Shard(2), Shard(-3)):  # past a 2-D tensor's dimensions (compute_local_shape_and_global_offset: IndexError)
+    for past in (Shard(2), Shard(-3)):  # past a 2-D tensor's dimensions
         with pytest.raises(ValueError, match=r"expected w's Shard dimensions in \[-2, 2\) \(it has 2 dimensions\), but got Shard"):
             _check_placements("op", "w", [Replicate(), past], 2)
 
