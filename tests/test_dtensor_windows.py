@@ -3,6 +3,7 @@ DTensor is masked as its window of the whole tensor. Run here for meshes of ever
 process (the multi-process tests are in test_distributed.py)."""
 
 import itertools
+import math
 
 import pytest
 import torch
@@ -24,17 +25,19 @@ STATE = (0x0123456789ABCDEF, -3)
 
 def _local_box(global_shape, mesh_shape, coordinate, placements):
     """The local shape and global offset of one mesh coordinate's shard, as Shard(d) documents it:
-    each mesh dimension in turn splits the box it is given along d with torch.chunk's sizes (equal
-    ceil(n / k) pieces, the last ones short or empty)."""
-    shape, offset = list(global_shape), [0] * len(global_shape)
+    each mesh dimension in turn takes its piece of torch.chunk along d (an empty piece where chunk
+    makes fewer than the mesh size). Read from a tensor of global indices cut that way."""
+    box = torch.arange(math.prod(global_shape)).view(global_shape)
     for size, index, placement in zip(mesh_shape, coordinate, placements):
         if isinstance(placement, Shard):
             dim = placement.dim % len(global_shape)
-            piece = -(-shape[dim] // size)
-            start = min(index * piece, shape[dim])
-            shape[dim] = min(piece, shape[dim] - start)
-            offset[dim] += start
-    return shape, offset
+            pieces = torch.chunk(box, size, dim)
+            box = pieces[index] if index < len(pieces) else box.narrow(dim, box.shape[dim], 0)
+    if box.numel() == 0:  # where an empty piece sits along its dimension is not read here
+        return list(box.shape), None
+    first = int(box.reshape(-1)[0])
+    offset = [first // math.prod(global_shape[d + 1:]) % global_shape[d] for d in range(len(global_shape))]
+    return list(box.shape), offset
 
 
 def _assemble(global_shape, mesh_shape, placements, make_local):
@@ -42,6 +45,8 @@ def _assemble(global_shape, mesh_shape, placements, make_local):
     full = None
     for coordinate in itertools.product(*(range(n) for n in mesh_shape)):
         local_shape, offset = _local_box(global_shape, mesh_shape, coordinate, placements)
+        if offset is None:  # an empty shard holds nothing of the whole
+            continue
         local = make_local(tuple(local_shape), tuple(offset))
         if full is None:
             full = torch.zeros(global_shape, dtype=local.dtype)
@@ -49,22 +54,22 @@ def _assemble(global_shape, mesh_shape, placements, make_local):
     return full
 
 
-@pytest.mark.parametrize(
-    "global_shape, mesh_shape, placements",
-    [
-        ((7, 5), (2,), [Shard(0)]),
-        ((7, 5), (2,), [Shard(1)]),
-        ((7, 5), (3,), [Shard(1)]),
-        ((7, 5), (2, 2), [Shard(0), Shard(1)]),
-        ((7, 5), (2, 2), [Shard(1), Shard(0)]),
-        ((9, 13), (2, 3), [Shard(1), Shard(1)]),
-        ((9, 13), (2, 3), [Shard(0), Shard(0)]),
-        ((9, 13), (2, 3), [Replicate(), Shard(1)]),
-        ((3, 7, 5), (2,), [Shard(1)]),
-        ((1, 7, 5), (2, 2), [Shard(2), Shard(1)]),
-        ((4, 6, 10), (2, 2), [Shard(0), Shard(2)]),
-    ],
-)
+MESHES = [
+    ((7, 5), (2,), [Shard(0)]),
+    ((7, 5), (2,), [Shard(1)]),
+    ((7, 5), (3,), [Shard(1)]),
+    ((7, 5), (2, 2), [Shard(0), Shard(1)]),
+    ((7, 5), (2, 2), [Shard(1), Shard(0)]),
+    ((9, 13), (2, 3), [Shard(1), Shard(1)]),
+    ((9, 13), (2, 3), [Shard(0), Shard(0)]),
+    ((9, 13), (2, 3), [Replicate(), Shard(1)]),
+    ((3, 7, 5), (2,), [Shard(1)]),
+    ((1, 7, 5), (2, 2), [Shard(2), Shard(1)]),
+    ((4, 6, 10), (2, 2), [Shard(0), Shard(2)]),
+]
+
+
+@pytest.mark.parametrize("global_shape, mesh_shape, placements", MESHES)
 def test_every_shard_of_a_mesh_masks_its_part_of_the_whole(global_shape, mesh_shape, placements):
     state = make_state(*STATE)
     weight = torch.randn(global_shape)
@@ -76,6 +81,17 @@ def test_every_shard_of_a_mesh_masks_its_part_of_the_whole(global_shape, mesh_sh
         return bernoulli_mask_apply(local.reshape(rows, width), 0.45, state, element_offset, row_length).view(local_shape)
 
     assert_bitwise_equal(_assemble(global_shape, mesh_shape, placements, masked_shard), whole)
+
+
+@pytest.mark.parametrize("global_shape, mesh_shape, placements", MESHES)
+def test_the_package_places_every_shard_as_shard_documents(global_shape, mesh_shape, placements):
+    # The package's own arithmetic (plain integers, which torch.compile traces) against the oracle.
+    from tinybig_cuda._dtensor import _local_box as package_local_box
+
+    for coordinate in itertools.product(*(range(n) for n in mesh_shape)):
+        shape, offset = package_local_box(global_shape, mesh_shape, coordinate, placements)
+        expected_shape, expected_offset = _local_box(global_shape, mesh_shape, coordinate, placements)
+        assert list(shape) == expected_shape and (expected_offset is None or list(offset) == expected_offset), coordinate
 
 
 def test_a_shard_that_is_no_window_is_refused():
@@ -94,7 +110,7 @@ def test_placements_that_are_no_box_are_refused():
     _check_placements("op", "w", [Shard(0), Replicate(), Partial(), Shard(-2)], 2)
     with pytest.raises(NotImplementedError, match="expected w placed with Shard, Replicate or Partial"):
         _check_placements("op", "w", [_StridedShard(0, split_factor=2)], 2)
-    for past in (Shard(2), Shard(-3)):  # past a 2-D tensor's dimensions (compute_local_shape_and_global_offset: IndexError)
+    for past in (Shard(2), Shard(-3)):  # past a 2-D tensor's dimensions
         with pytest.raises(ValueError, match=r"expected w's Shard dimensions in \[-2, 2\) \(it has 2 dimensions\), but got Shard"):
             _check_placements("op", "w", [Replicate(), past], 2)
 

@@ -22,8 +22,6 @@ from . import _torch_compat as compat
 
 compat.require("DTensor support (tinybig_cuda.distributed)", compat.DTENSOR)
 from torch.distributed.tensor import DeviceMesh, DTensor, Partial, Replicate, Shard
-# Documented in its module; the public DTensor API has no other way to ask where a shard lies.
-from torch.distributed.tensor._utils import compute_local_shape_and_global_offset
 
 __all__ = ["sharded_bernoulli_mask"]
 
@@ -72,11 +70,30 @@ def _window(op, global_shape, local_shape, global_offset):
     return rows, width, offset, row_length
 
 
+def _local_box(shape, mesh_shape, coordinate, placements):
+    """The local shape and global offset of the shard at mesh `coordinate`, as Shard(d) places it:
+    each mesh dimension in turn cuts the box it is given along d into torch.chunk's pieces (ceil(n / k)
+    long, the last ones short or empty). Plain integer arithmetic, so that torch.compile traces it
+    as it runs eagerly (torch's own helper indexes a tensor of offsets: a data-dependent value)."""
+    local_shape, offset = list(shape), [0] * len(shape)
+    for size, index, placement in zip(mesh_shape, coordinate, placements):
+        if type(placement) is Shard:
+            dim = placement.dim % len(shape)
+            piece = -(-local_shape[dim] // size)
+            start = min(index * piece, local_shape[dim])
+            local_shape[dim] = min(piece, local_shape[dim] - start)
+            offset[dim] += start
+    return tuple(local_shape), tuple(offset)
+
+
 def _local_window(op, shape, mesh, placements):
-    local_shape, global_offset = compute_local_shape_and_global_offset(shape, mesh, placements)
-    if len(global_offset) != len(shape):  # this rank is not in the mesh: it holds nothing
+    shape = tuple(shape)
+    coordinate = mesh.get_coordinate()
+    if coordinate is None:  # this rank is not in the mesh: it holds nothing
         local_shape, global_offset = (0,) * len(shape), (0,) * len(shape)
-    return tuple(local_shape), _window(op, tuple(shape), tuple(local_shape), tuple(global_offset))
+    else:
+        local_shape, global_offset = _local_box(shape, mesh.shape, coordinate, placements)
+    return local_shape, _window(op, shape, local_shape, global_offset)
 
 
 def _contiguous_strides(shape):
