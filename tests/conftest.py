@@ -5,6 +5,7 @@ same width, so -0.0 differs from +0.0 and NaN payloads must match.
 """
 
 import importlib.util
+import json
 import math
 import os
 import re
@@ -275,3 +276,24 @@ def run_fresh_python(code, cwd, timeout=300, args=()):
         pytest.fail(f"exit status {result.returncode}\n--- code ---\n{code}\n--- stdout ---\n{result.stdout}\n"
                     f"--- stderr ---\n{result.stderr[-6000:]}", pytrace=False)
     return result.stdout
+
+
+# ---------------------------------------------------------------- gloo rank checks
+
+RANKS_TIMEOUT_S = 240  # a launch takes ~10 s here; the bound is for a hung rank on a busy machine
+
+
+def run_bounded(arguments, cwd):
+    """Runs a script that spawns its own gloo ranks: its own deadline (--timeout) stops them, this
+    one stops it. Returns its standard output."""
+    run = subprocess.run([sys.executable, *map(str, arguments)], cwd=cwd, capture_output=True, text=True,
+                         timeout=RANKS_TIMEOUT_S + 30)
+    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
+    return run.stdout
+
+
+def run_rank_checks(script, directory):
+    """The results (a dict) of one launch of a tests/*_checks.py script, which writes them as JSON."""
+    results = directory / "results.json"
+    run_bounded([Path(__file__).resolve().parent / script, results, "--timeout", RANKS_TIMEOUT_S], cwd=directory)
+    return json.loads(results.read_text())

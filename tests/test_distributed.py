@@ -4,9 +4,6 @@ tensor (forward and backward, bit for bit against one process), one mask state o
 bounded by a timeout; tests/distributed_checks.py runs all DTensor checks in one launch.
 """
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -15,7 +12,7 @@ import torch.distributed as dist
 
 import tinybig_cuda
 
-from conftest import requires_dtensor
+from conftest import RANKS_TIMEOUT_S, requires_dtensor, run_bounded, run_rank_checks
 
 pytestmark = [
     requires_dtensor,
@@ -23,23 +20,12 @@ pytestmark = [
     pytest.mark.slow,  # each test starts gloo processes
 ]
 
-TESTS = Path(__file__).resolve().parent
-EXAMPLES = TESTS.parent / "examples"
-TIMEOUT_S = 240  # a launch takes ~10 s here; the bound is for a hung rank on a busy machine
-
-
-def run_bounded(arguments, cwd):
-    """Runs a script that spawns its own ranks; its own deadline stops them, this one stops it."""
-    run = subprocess.run([sys.executable, *map(str, arguments)], cwd=cwd, capture_output=True, text=True, timeout=TIMEOUT_S + 30)
-    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-    return run.stdout
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("distributed")
-    run_bounded([TESTS / "distributed_checks.py", directory / "results.json", "--timeout", TIMEOUT_S], cwd=directory)
-    return json.loads((directory / "results.json").read_text())
+    return run_rank_checks("distributed_checks.py", tmp_path_factory.mktemp("distributed"))
 
 
 def assert_check(results, name, *expected_keys):
@@ -122,5 +108,5 @@ def test_meta_device_init_then_reset_parameters_agrees_across_ranks(results):
 
 @pytest.mark.parametrize("example", ["fsdp2_training.py", "tensor_parallel_masking.py"])
 def test_example_matches_one_process(example, tmp_path):
-    output = run_bounded([EXAMPLES / example, "--timeout", TIMEOUT_S], cwd=tmp_path)
+    output = run_bounded([EXAMPLES / example, "--timeout", RANKS_TIMEOUT_S], cwd=tmp_path)
     assert output.rstrip().endswith("OK"), output

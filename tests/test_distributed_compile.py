@@ -4,15 +4,11 @@ backend: TorchDynamo and AOTAutograd trace the DTensor rules as for inductor) ma
 placement's shards, forward and backward, bit for bit as the eager op on the whole tensor in one
 process, and TorchDynamo breaks no graph."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 
-from conftest import requires_compile, requires_dtensor
+from conftest import requires_compile, requires_dtensor, run_rank_checks
 
 pytestmark = [
     requires_dtensor,
@@ -21,17 +17,9 @@ pytestmark = [
     pytest.mark.slow,  # it starts gloo processes that compile
 ]
 
-CHECKS = Path(__file__).resolve().parent / "distributed_compile_checks.py"
-TIMEOUT_S = 240  # a launch takes ~10 s here; the bound is for a hung rank on a busy machine
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("distributed_compile")
-    run = subprocess.run([sys.executable, str(CHECKS), str(directory / "results.json"), "--timeout", str(TIMEOUT_S)],
-                         cwd=directory, capture_output=True, text=True, timeout=TIMEOUT_S + 30)
-    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-    return json.loads((directory / "results.json").read_text())
+    return run_rank_checks("distributed_compile_checks.py", tmp_path_factory.mktemp("distributed_compile"))
 
 
 @pytest.mark.parametrize("placement", ["shard0", "shard1", "replicate"])

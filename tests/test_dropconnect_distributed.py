@@ -2,15 +2,11 @@
 ColwiseParallel and RowwiseParallel masks bit for bit those of one process, FSDP2 trains as one
 process does, and broadcast_rng_states covers MaskedLinear and dropconnect."""
 
-import json
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch.distributed as dist
 
-from conftest import requires_dtensor
+from conftest import requires_dtensor, run_rank_checks
 
 pytestmark = [
     requires_dtensor,
@@ -18,17 +14,9 @@ pytestmark = [
     pytest.mark.slow,  # it starts gloo processes
 ]
 
-CHECKS = Path(__file__).resolve().parent / "dropconnect_distributed_checks.py"
-TIMEOUT_S = 240  # a launch takes seconds; the bound is for a hung rank on a busy machine
-
-
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
-    directory = tmp_path_factory.mktemp("dropconnect_distributed")
-    run = subprocess.run([sys.executable, str(CHECKS), str(directory / "results.json"), "--timeout", str(TIMEOUT_S)],
-                         cwd=directory, capture_output=True, text=True, timeout=TIMEOUT_S + 30)
-    assert run.returncode == 0, f"exit {run.returncode}\n{run.stdout[-4000:]}\n{run.stderr[-4000:]}"
-    return json.loads((directory / "results.json").read_text())
+    return run_rank_checks("dropconnect_distributed_checks.py", tmp_path_factory.mktemp("dropconnect_distributed"))
 
 
 @pytest.mark.parametrize("name, keys", [
