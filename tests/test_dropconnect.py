@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 import tinybig_cuda
+from tinybig_cuda import _C
 from conftest import assert_bitwise_equal, error_pattern, make_state, random_values, requires_compile, requires_opcheck
 
 OP = torch.ops.tinybig_cuda.masked_linear.default
@@ -60,6 +61,38 @@ def test_the_mask_bits_are_bernoulli_mask_applys(device, w_shape, p):
     assert_bitwise_equal(grad_w, tinybig_cuda.bernoulli_mask_apply(torch.eye(*w_shape, device=device), p, state))
     # grad_x = grad_y @ masked w: with grad_y the identity, the masked weight itself.
     assert_bitwise_equal(BACKWARD_INPUT(torch.eye(w_shape[0], device=device), w, p, state), masked)
+
+
+@pytest.fixture(params=_C.supported_cpu_isas())
+def cpu_isa(request):
+    _C.set_cpu_isa(request.param)
+    yield request.param
+    _C.set_cpu_isa("auto")
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 4, 5])  # up to 4 rows the CPU kernel fuses mask and product
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_small_batches_on_every_cpu_path_take_the_mask_bits(cpu_isa, batch, dtype):
+    # One-hot rows of x read single weights out: y[b, r] is masked[r, column b], exactly. 1001
+    # columns start the rows anywhere in a Philox block and end them in a partial step.
+    w = random_values((37, 1001), dtype, seed=5)
+    state = make_state(-1, 7)
+    columns = torch.randint(0, 1001, (batch,), generator=torch.Generator().manual_seed(batch))
+    x = F.one_hot(columns, 1001).to(dtype)
+    masked = tinybig_cuda.bernoulli_mask_apply(w, 0.4, state)
+    assert_bitwise_equal(tinybig_cuda.masked_linear(x, w, 0.4, state), masked[:, columns].t())
+
+
+@pytest.mark.parametrize("batch", [1, 4])
+def test_small_batches_ignore_dropped_nans_and_read_strided_inputs(cpu_isa, batch):
+    state = make_state(3, 9)
+    w = random_values((64, 301), torch.float32, seed=1)
+    w[tinybig_cuda.bernoulli_mask_apply(torch.ones_like(w), 0.5, state) == 0] = float("nan")
+    x = random_values((301, batch), torch.float32, seed=2).t()  # rows 301 elements apart, columns strided
+    bias = random_values((64,), torch.float32, seed=3)
+    y = tinybig_cuda.masked_linear(x, w, 0.5, state, bias)
+    assert y.isfinite().all()
+    torch.testing.assert_close(y, reference(x, w, 0.5, state, bias), **TOLERANCE[torch.float32])
 
 
 def test_gradcheck_in_float64(device):

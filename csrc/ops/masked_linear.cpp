@@ -1,8 +1,10 @@
 // masked_linear and its two backward ops, for every device at once: the masked weight is made a
 // block of rows at a time by bernoulli_mask_apply (each block one run of w's mask, placed by its
 // element_offset: docs/contract.md, 'Element offsets and shards') into a buffer of 1 to 16 MiB,
-// and torch's BLAS (cuBLAS on CUDA) multiplies it into its slice of the output. So the only
-// forward's only weight-sized memory traffic is reading w once, and no pass keeps a masked weight.
+// and torch's BLAS (cuBLAS on CUDA) multiplies it into its slice of the output. So the forward's
+// only weight-sized memory traffic is reading w once, and no pass keeps a masked weight. (The CPU
+// and CUDA kernels, ops/cpu/masked_linear_cpu.cpp and ops/cuda/masked_linear_cuda.cpp, fuse mask
+// and product at small batches and call the blocked forward otherwise.)
 //
 //   forward       y[:, rows]    = x @ masked(w[rows, :])^T (+ bias[rows])   blocks of rows of w
 //   grad input    grad_x       += grad_y[:, rows] @ masked(w[rows, :])
@@ -51,18 +53,24 @@ int64_t lines_per_block(int64_t line_elements, int64_t element_size, int64_t ope
   return std::max<int64_t>(1, std::min(lines, kMaxBlockBytes / line_bytes));
 }
 
-// `sizes` with its last dimension replaced by `last`.
+void check_same_dtype_and_device(const char* argument, const at::Tensor& tensor, const at::Tensor& w) {
+  TORCH_CHECK_TYPE(tensor.scalar_type() == w.scalar_type(), kOp, ": expected ", argument, " of w's dtype ",
+                   w.scalar_type(), ", but got dtype ", tensor.scalar_type());
+  TORCH_CHECK_VALUE(tensor.device() == w.device(), kOp, ": expected ", argument, " on w's device ", w.device(),
+                    ", but got it on ", tensor.device());
+}
+
+}  // namespace
+
 std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last) {
   std::vector<int64_t> result(sizes.begin(), sizes.end());
   result.back() = last;
   return result;
 }
 
-void check_same_dtype_and_device(const char* argument, const at::Tensor& tensor, const at::Tensor& w) {
-  TORCH_CHECK_TYPE(tensor.scalar_type() == w.scalar_type(), kOp, ": expected ", argument, " of w's dtype ",
-                   w.scalar_type(), ", but got dtype ", tensor.scalar_type());
-  TORCH_CHECK_VALUE(tensor.device() == w.device(), kOp, ": expected ", argument, " on w's device ", w.device(),
-                    ", but got it on ", tensor.device());
+at::Tensor as_matrix(const at::Tensor& tensor) {
+  const at::IntArrayRef sizes = tensor.sizes();
+  return tensor.reshape({c10::multiply_integers(sizes.begin(), sizes.end() - 1), sizes.back()});
 }
 
 // tinybig_cuda/weight_drop.py's fake kernel makes the same checks in the same order.
@@ -83,11 +91,7 @@ void check_masked_linear(const at::Tensor& x, const at::Tensor& w, double p, con
   check_rng_state(kOp, rng_state, w.device());
 }
 
-// `tensor` (..., last) as a matrix (rows, last); reshape({-1, last}) fails when last is 0.
-at::Tensor as_matrix(const at::Tensor& tensor) {
-  const at::IntArrayRef sizes = tensor.sizes();
-  return tensor.reshape({c10::multiply_integers(sizes.begin(), sizes.end() - 1), sizes.back()});
-}
+namespace {
 
 // Rows [first, first + count) of w's mask applied to w: rows follow one another in the mask, so
 // the block is one run starting at global element first * in_features.
@@ -95,9 +99,10 @@ at::Tensor masked_rows(const at::Tensor& w, int64_t first, int64_t count, double
   return call_mask_apply(w.narrow(0, first, count), p, rng_state, first * w.size(1), std::nullopt);
 }
 
-at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
-                         const std::optional<at::Tensor>& bias) {
-  check_masked_linear(x, w, p, rng_state, bias);
+}  // namespace
+
+at::Tensor masked_linear_blocked(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                 const std::optional<at::Tensor>& bias) {
   const int64_t out_features = w.size(0);
   const at::Tensor x_rows = as_matrix(x);
   at::Tensor y = empty_output({x_rows.size(0), out_features}, x.options());
@@ -116,6 +121,15 @@ at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& w, double p, con
     }
   }
   return y.view(with_last(x.sizes(), out_features));
+}
+
+namespace {
+
+// Every device without a kernel of its own (the CPU and CUDA have one, for their small batches).
+at::Tensor masked_linear(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
+                         const std::optional<at::Tensor>& bias) {
+  check_masked_linear(x, w, p, rng_state, bias);
+  return masked_linear_blocked(x, w, p, rng_state, bias);
 }
 
 // grad_x = grad_y @ (mask ⊙ w), summed over the blocks of rows the forward masks: each block is

@@ -1,13 +1,30 @@
 // masked_linear: F.linear(x, bernoulli_mask_apply(w, p, rng_state), bias) without the whole masked
-// weight ever existing. The kernels live in ops/masked_linear.cpp; this is its Autograd kernel,
-// registered in ops/autograd.cpp beside the other ops'.
+// weight ever existing. The kernels live in ops/masked_linear.cpp (every device) and
+// ops/cpu/masked_linear_cpu.cpp (the CPU's small batches).
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <vector>
 
 namespace tinybig_cuda {
+
+// `sizes` with its last dimension replaced by `last`.
+std::vector<int64_t> with_last(at::IntArrayRef sizes, int64_t last);
+
+// `tensor` (..., last) as a matrix (rows, last); reshape({-1, last}) fails when last is 0.
+at::Tensor as_matrix(const at::Tensor& tensor);
+
+// The forward's argument checks: every kernel makes them first.
+void check_masked_linear(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
+                         const std::optional<at::Tensor>& bias);
+
+// The forward as blocks of masked rows multiplied by torch's BLAS, on any device; checked arguments.
+at::Tensor masked_linear_blocked(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
+                                 const std::optional<at::Tensor>& bias);
+
+// The Autograd kernel, registered in ops/autograd.cpp beside the other ops'.
 
 at::Tensor masked_linear_autograd(const at::Tensor& x, const at::Tensor& w, double p, const at::Tensor& rng_state,
                                   const std::optional<at::Tensor>& bias);
