@@ -2,7 +2,8 @@
 where a GPU is present) it gives the CPU's bits, also under CUDA graphs and on side streams.
 
 Without a GPU the build is checked, not run: the kernel's per-thread body runs on the host in
-the C++ tests (tests/cpp/test_simulated_cuda_launch.cpp) instead."""
+the C++ tests (tests/cpp/test_simulated_cuda_launch.cpp, and
+test_masked_matvec_simulated_cuda_launch.cpp for masked_linear's kernel) instead."""
 
 import os
 import re
@@ -62,8 +63,8 @@ def sass_by_kernel():
     kernels = {}
     for arch, body in re.findall(r"arch = (sm_\d+).*?\n(.*?)(?=\n\s*arch = sm_|\Z)", dump, flags=re.S):
         for mangled, text in re.findall(r"Function : (\S+)\n(.*?)(?=Function : |\Z)", body, flags=re.S):
-            if re.search(r"compact_cu_\w+_kernel", mangled):
-                continue  # the compact ops' kernels: checked below
+            if re.search(r"compact_cu_\w+_kernel|masked_matvec_kernel", mangled):
+                continue  # the compact ops' and masked_linear's kernels: checked below
             match = re.search(r"masked_copy_kernelI(\w)E", mangled)
             assert match, f"unexpected kernel {mangled}"
             kernels[(arch, element_bytes[match.group(1)])] = text
@@ -277,3 +278,59 @@ def test_compact_kernels_compiled_for_every_architecture_without_local_memory(co
             assert re.search(r"STG\.E\.128", sass), f"{key}: no 16-byte global store"
         if key[1] == "compress":
             assert re.search(r"LDG\.E\.128", sass), f"{key}: no 16-byte global load"
+
+
+# ---------------------------------------------------------------- masked_linear's small-batch kernel
+
+
+@needs_cuda_build
+def test_masked_linear_has_its_own_cuda_kernel():
+    table = torch._C._dispatch_dump_table("tinybig_cuda::masked_linear")
+    assert re.search(r"^CUDA: .*cuda[/\\]masked_linear_cuda\.cpp", table, flags=re.M), table
+
+
+@needs_cuda_build
+def test_masked_matvec_kernels_compiled_for_every_architecture_without_local_memory():
+    dump = subprocess.run([find_cuobjdump(), "--dump-sass", tinybig_cuda.op_library_path], capture_output=True, text=True, check=True).stdout
+    kernels = {}
+    for arch, body in re.findall(r"arch = (sm_\d+).*?\n(.*?)(?=\n\s*arch = sm_|\Z)", dump, flags=re.S):
+        for mangled, text in re.findall(r"Function : (\S+)\n(.*?)(?=Function : |\Z)", body, flags=re.S):
+            match = re.search(r"masked_matvec_kernelI([fd])Li(\d)E", mangled)
+            if match:
+                kernels[(arch, match.group(1), int(match.group(2)))] = text
+    architectures = {arch for arch, _, _ in kernels}
+    assert architectures, "no masked_matvec kernels in the extension's SASS"
+    for arch in architectures:  # float and double, batches 1 to 4
+        assert {(t, b) for a, t, b in kernels if a == arch} == {(t, b) for t in "fd" for b in range(1, 5)}, arch
+    for key, sass in kernels.items():
+        assert not re.search(r"\b(LDL|STL)\b", sass), f"{key}: local-memory traffic (spills or a stack array)"
+
+
+@needs_gpu
+@pytest.mark.parametrize("batch", [1, 2, 4, 5])  # 5: the blocked product
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=str)
+def test_masked_linear_small_batches_on_cuda_match_the_cpu(batch, dtype):
+    state = torch.tensor([-3, 2**63 - 1])
+    w = torch.randn(301, 1001, dtype=dtype)
+    columns = torch.randint(0, 1001, (batch,))
+    one_hot = torch.nn.functional.one_hot(columns, 1001).to(dtype)  # reads single weights: exact
+    cpu = tinybig_cuda.masked_linear(one_hot, w, 0.4, state)
+    assert_bitwise_equal(tinybig_cuda.masked_linear(one_hot.cuda(), w.cuda(), 0.4, state.cuda()).cpu(), cpu)
+    x, bias = torch.randn(batch, 1001, dtype=dtype), torch.randn(301, dtype=dtype)
+    torch.testing.assert_close(tinybig_cuda.masked_linear(x.cuda(), w.cuda(), 0.4, state.cuda(), bias.cuda()).cpu(),
+                               tinybig_cuda.masked_linear(x, w, 0.4, state, bias))
+
+
+@needs_gpu
+def test_masked_linear_graph_replay_reads_the_new_state():
+    w, x = torch.randn(300, 500, device="cuda"), torch.randn(1, 500, device="cuda")
+    state = torch.tensor([1, 2], device="cuda")
+    tinybig_cuda.masked_linear(x, w, 0.5, state)  # warm up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        y = tinybig_cuda.masked_linear(x, w, 0.5, state)
+    for seed in (7, -8):
+        state.copy_(torch.tensor([seed, 3]))
+        graph.replay()
+        expected = tinybig_cuda.masked_linear(x.cpu(), w.cpu(), 0.5, torch.tensor([seed, 3]))
+        torch.testing.assert_close(y.cpu(), expected)

@@ -30,7 +30,8 @@ def build_and_run_ctest(build, *configure_options):
     run(["cmake", "--build", build], REPO)
     output = run(["ctest", "--test-dir", build, "--output-on-failure", "--verbose"], REPO)
     assert "100% tests passed" in output
-    for name in ("philox_contract", "cpu_isa_paths", "simulated_cuda_launch"):
+    for name in ("philox_contract", "cpu_isa_paths", "simulated_cuda_launch", "masked_matvec",
+                 "masked_matvec_simulated_cuda_launch"):
         assert name in output, f"ctest did not run {name}"
     return output
 
