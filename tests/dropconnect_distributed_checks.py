@@ -1,7 +1,7 @@
 """The 2-process checks of tests/test_dropconnect_distributed.py: run as a script, it spawns 2 gloo
 ranks on this machine, runs every check on both, and rank 0 writes each check's outcome to the
 JSON file named by its argument. Each compares MaskedLinear under tensor parallelism or FSDP2
-with the same module in one process.
+with the same module in one process, or checks that FSDP2 finds ranks whose fixed masks differ.
 
     python tests/dropconnect_distributed_checks.py results.json [--timeout 120]
 """
@@ -84,9 +84,78 @@ def check_broadcast_rng_states():
             "equal_to_rank_0_after": all(torch.equal(state, before[0]) for state in after)}
 
 
+class Fabricated(torch.nn.Module):
+    """A tinyBIG-style layer: its (out, in) weight is masking_reconciliation's fabrication of a (1, l) parameter."""
+
+    def __init__(self, in_features, out_features, fixed_mask):
+        super().__init__()
+        self.shape = (out_features, in_features)
+        self.w = torch.nn.Parameter(torch.randn(1, out_features * in_features))
+        self.masking = tinybig_cuda.masking_reconciliation(p=P, fixed_mask=fixed_mask)
+
+    def forward(self, x):
+        return x @ self.masking(*self.shape, self.w).t()
+
+
+def sharded_model(seed, fixed_mask=True, mesh=None):
+    from torch.distributed.fsdp import fully_shard
+
+    torch.manual_seed(seed)
+    model = torch.nn.Sequential(tinybig_cuda.MaskedLinear(IN_FEATURES, OUT_FEATURES, p=P, fixed_mask=fixed_mask),
+                                torch.nn.Tanh(), Fabricated(OUT_FEATURES, 3, fixed_mask))
+    fully_shard(model[0], mesh=mesh)
+    fully_shard(model, mesh=mesh)
+    return model
+
+
+def raises_naming_broadcast(forward):
+    try:
+        forward()
+    except RuntimeError as error:
+        return "broadcast_rng_states" in str(error) and "0" in str(error) and "2.masking" in str(error)
+    return False
+
+
+def check_fsdp2_fixed_masks_agree():
+    """FSDP2 with ranks seeded differently: the first forward raises on every rank, naming the modules
+    and broadcast_rng_states; after broadcast_rng_states, with ranks seeded alike, or with fresh masks
+    (each rank its own, as dropout's), it runs; and the modules are no longer watched after it."""
+    from tinybig_cuda import _fsdp_agreement
+
+    rank = dist.get_rank()
+    x = torch.randn(5, IN_FEATURES, generator=torch.Generator().manual_seed(3))
+    differing = sharded_model(100 + rank)
+    outcome = {"differing_states_raise": raises_naming_broadcast(lambda: differing(x))}
+    broadcast = sharded_model(100 + rank)
+    broadcast_rng_states(broadcast)
+    alike, fresh = sharded_model(7), sharded_model(100 + rank, fixed_mask=False)
+    for model in (broadcast, alike, fresh):
+        model(x).sum().backward()
+    outcome["no_longer_watched"] = not any(module in _fsdp_agreement._watched
+                                           for model in (differing, broadcast, alike) for module in model.modules())
+    return outcome
+
+
+def check_pipeline_stages_do_not_wait_for_each_other():
+    """Pipeline parallelism: each rank a different stage, sharded on its own data-parallel group of
+    one rank. Each stage's first forward checks its own group only, so neither waits for the other."""
+    from torch.distributed.fsdp import fully_shard
+
+    mesh = init_device_mesh("cpu", (WORLD_SIZE, 1), mesh_dim_names=("pipeline", "data"))
+    torch.manual_seed(100 + dist.get_rank())
+    stage = (tinybig_cuda.MaskedLinear(IN_FEATURES, OUT_FEATURES, p=P) if dist.get_rank() == 0
+             else Fabricated(IN_FEATURES, OUT_FEATURES, fixed_mask=True))
+    fully_shard(stage, mesh=mesh["data"])
+    stage(torch.randn(5, IN_FEATURES))
+    dist.barrier()  # both stages got here
+    return {"stages_ran": True}
+
+
 def tensor_parallel_checks():
     return {"colwise": lambda: check_tensor_parallel("colwise"), "rowwise": lambda: check_tensor_parallel("rowwise"),
-            "fsdp2": check_fsdp2, "broadcast_rng_states": check_broadcast_rng_states}
+            "fsdp2": check_fsdp2, "broadcast_rng_states": check_broadcast_rng_states,
+            "fsdp2_fixed_masks_agree": check_fsdp2_fixed_masks_agree,
+            "pipeline_stages": check_pipeline_stages_do_not_wait_for_each_other}
 
 
 if __name__ == "__main__":

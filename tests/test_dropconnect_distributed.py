@@ -1,6 +1,7 @@
 """MaskedLinear scaled out, with 2 gloo processes on this machine (tests/dropconnect_distributed_checks.py):
 ColwiseParallel and RowwiseParallel masks bit for bit those of one process, FSDP2 trains as one
-process does, and broadcast_rng_states covers MaskedLinear and dropconnect."""
+process does, broadcast_rng_states covers MaskedLinear and dropconnect, and FSDP2's first forward
+raises where the ranks' fixed masks differ, without waiting on ranks that run other modules."""
 
 
 import pytest
@@ -24,6 +25,8 @@ def results(tmp_path_factory):
     ("rowwise", ["forward_bits", "weight_grad"]),
     ("fsdp2", ["forward", "grads"]),
     ("broadcast_rng_states", ["differed_before", "count", "equal_to_rank_0_after"]),
+    ("fsdp2_fixed_masks_agree", ["differing_states_raise", "no_longer_watched"]),
+    ("pipeline_stages", ["stages_ran"]),
 ])
 def test_check(results, name, keys):
     outcome = results[name]

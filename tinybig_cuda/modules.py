@@ -11,6 +11,7 @@ import torch
 
 from . import _C
 from . import _arguments as arguments
+from . import _fsdp_agreement
 from . import _torch_compat as compat
 from ._compact_parameters import CompactParameters
 from ._rng_state import as_buffer, draw_rng_state, is_rng_state
@@ -138,6 +139,8 @@ class masking_reconciliation(CompactParameters, fabrication):
         else:
             state = draw_rng_state("cpu")
         self.register_buffer("rng_state", state, persistent=self.fixed_mask)
+        if self.fixed_mask:
+            _fsdp_agreement.watch(self)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)

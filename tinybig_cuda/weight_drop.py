@@ -15,6 +15,7 @@ import torch.nn.functional as F
 from torch.nn.utils import parametrize
 
 from . import _arguments as arguments
+from . import _fsdp_agreement
 from . import _op_handles as handles
 from . import _torch_compat as compat
 from ._rng_state import draw_rng_state
@@ -88,6 +89,8 @@ class MaskedLinear(torch.nn.Linear):
         else:
             state = draw_rng_state("cpu").to(self.weight.device)
         self.register_buffer("rng_state", state, persistent=self.fixed_mask)
+        if self.fixed_mask:
+            _fsdp_agreement.watch(self)
 
     def reset_parameters(self):
         """``nn.Linear``'s initialisation, then a new ``rng_state`` (a new mask) from torch's default
@@ -123,6 +126,8 @@ class DropConnect(torch.nn.Module):
         self.fixed_mask = bool(fixed_mask)
         state = draw_rng_state("cpu")
         self.register_buffer("rng_state", state if device is None else state.to(device), persistent=self.fixed_mask)
+        if self.fixed_mask:
+            _fsdp_agreement.watch(self)
 
     def forward(self, weight):
         if self.fixed_mask:
