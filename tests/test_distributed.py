@@ -106,7 +106,7 @@ def test_meta_device_init_then_reset_parameters_agrees_across_ranks(results):
     assert_check(results, "meta init + reset_parameters", "meta_buffer", "ranks_agree", "same_as_construction")
 
 
-@pytest.mark.parametrize("example", ["fsdp2_training.py", "tensor_parallel_masking.py"])
+@pytest.mark.parametrize("example", ["fsdp2_training.py", "tensor_parallel_masking.py", "fsdp_tp_resume.py"])
 def test_example_matches_one_process(example, tmp_path):
     output = run_bounded([EXAMPLES / example, "--timeout", RANKS_TIMEOUT_S], cwd=tmp_path)
     assert output.rstrip().endswith("OK"), output
