@@ -10,7 +10,7 @@ import copy
 
 import torch
 import torch.distributed as dist
-from torch.distributed.tensor import init_device_mesh
+from torch.distributed.tensor import Replicate, init_device_mesh
 from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
 
 import tinybig_cuda
@@ -151,10 +151,36 @@ def check_pipeline_stages_do_not_wait_for_each_other():
     return {"stages_ran": True}
 
 
+def check_fabricated_colwise():
+    """A tinyBIG-style layer under FabricatedColwiseParallel: each rank holds whole rows of the
+    fabricated weight (a block of output features). With the identity as input the output is the
+    masked weight itself, so it is compared bit for bit; the (1, l) parameter's gradient to rounding."""
+    from tinybig_cuda.distributed import FabricatedColwiseParallel
+
+    torch.manual_seed(0)
+    out_features = 8  # 4 rows of the weight per rank
+    layer = Fabricated(IN_FEATURES, out_features, fixed_mask=True)
+    reference = copy.deepcopy(layer)
+    x = torch.eye(IN_FEATURES)
+    upstream = torch.randn(IN_FEATURES, out_features, generator=torch.Generator().manual_seed(2))
+    expected = reference(x)
+    (expected * upstream).sum().backward()
+    mesh = init_device_mesh("cpu", (WORLD_SIZE,))
+    parallel = parallelize_module(layer, mesh, FabricatedColwiseParallel(output_layouts=Replicate()))
+    y = parallel(x)  # a plain tensor: the output gathered
+    (y * upstream).sum().backward()
+    rank, rows = dist.get_rank(), out_features // WORLD_SIZE
+    local = parallelize_module(copy.deepcopy(reference), mesh, FabricatedColwiseParallel())(x)  # this rank's columns
+    return {"forward_bits": same_bits(y, expected.detach()),
+            "local_output_bits": same_bits(local, expected.detach()[:, rank * rows:(rank + 1) * rows]),
+            "whole_rows_per_rank": tuple(parallel.w.to_local().shape) == (1, rows * IN_FEATURES),
+            "parameter_grad": torch.allclose(parallel.w.grad.full_tensor(), reference.w.grad)}
+
+
 def tensor_parallel_checks():
     return {"colwise": lambda: check_tensor_parallel("colwise"), "rowwise": lambda: check_tensor_parallel("rowwise"),
             "fsdp2": check_fsdp2, "broadcast_rng_states": check_broadcast_rng_states,
-            "fsdp2_fixed_masks_agree": check_fsdp2_fixed_masks_agree,
+            "fsdp2_fixed_masks_agree": check_fsdp2_fixed_masks_agree, "fabricated_colwise": check_fabricated_colwise,
             "pipeline_stages": check_pipeline_stages_do_not_wait_for_each_other}
 
 

@@ -14,6 +14,7 @@
     patch_tinybig()                         make tinyBIG build this package's masking_reconciliation
     import_tinybig()                        import tinyBIG, also on a torch too new for its data loaders
     distributed.broadcast_rng_states        one mask state on every rank (FSDP2); DTensor support
+    distributed.FabricatedColwiseParallel   tensor parallelism for a tinyBIG-style layer
     masked_linear, MaskedLinear, dropconnect  DropConnect for any model (docs/dropconnect.md)
 """
 

@@ -6,7 +6,8 @@ bit for bit, the mask of the unsharded tensor (docs/distributed.md). The entry p
 themselves at the first DTensor they see; code that passes DTensors to ``torch.ops.tinybig_cuda``
 directly imports this module first.
 
-The other half is keeping every rank's mask state equal: `broadcast_rng_states`.
+The other half is keeping every rank's mask state equal: `broadcast_rng_states`. And
+`FabricatedColwiseParallel` is the tensor-parallel style of a tinyBIG-style layer.
 """
 
 import torch
@@ -16,9 +17,10 @@ from . import _dtensor  # noqa: F401  (registers the rules; raises on a torch wi
 from .modules import masking_reconciliation
 from .weight_drop import DropConnect, MaskedLinear
 
-from torch.distributed.tensor import DTensor  # noqa: E402  (after _dtensor's check of the torch)
+from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_module, distribute_tensor  # noqa: E402
+from torch.distributed.tensor.parallel import ParallelStyle  # noqa: E402
 
-__all__ = ["broadcast_rng_states"]
+__all__ = ["broadcast_rng_states", "FabricatedColwiseParallel"]
 
 _STATE_HOLDERS = (masking_reconciliation, MaskedLinear, DropConnect)
 
@@ -74,3 +76,46 @@ def _checked_state(name, state):
     if state.shape != (2,):
         raise ValueError(f"{op}: expected {name} to have shape [2] ([seed, offset]), but got shape {list(state.shape)}")
     return state
+
+
+class FabricatedColwiseParallel(ParallelStyle):
+    """Tensor parallelism for a tinyBIG-style layer, whose ``(1, l)`` parameter a
+    ``masking_reconciliation`` fabricates into its ``(n, D)`` weight ``W`` and which computes
+    ``x @ W.T``: ``ColwiseParallel`` for such a layer, for ``parallelize_module``.
+
+    Every ``(1, l)`` parameter of the module (its own, not its submodules') is sharded along ``l``
+    (``Shard(1)``). Its entries are ``W``'s in row-major order, so each rank holds whole rows of
+    ``W``: a block of output features, masked as part of the whole weight (the DTensor rule of
+    ``masking_reconciliation``). ``n`` must be a multiple of the mesh's size, or DTensor's view of
+    the uneven shard refuses. The input is replicated, so the layer's ops see DTensors only; the
+    output is sharded on its last dimension, or laid out as `output_layouts` says.
+
+    Args:
+        output_layouts: the output's placement: ``Shard(-1)`` (the default) or ``Replicate()``.
+        use_local_output: return the local tensor (the default) rather than the DTensor.
+    """
+
+    def __init__(self, *, output_layouts=None, use_local_output=True):
+        super().__init__()
+        self.output_layouts = (output_layouts or Shard(-1),)
+        self.use_local_output = use_local_output
+
+    def _apply(self, module, device_mesh):
+        return distribute_module(module, device_mesh, self._partition, self._replicate_inputs, self._lay_out_output)
+
+    @staticmethod
+    def _partition(name, submodule, device_mesh):
+        for parameter_name, parameter in list(submodule.named_parameters(recurse=False)):
+            if parameter.dim() == 2 and parameter.shape[0] == 1:
+                sharded = distribute_tensor(parameter, device_mesh, [Shard(1)])
+                submodule.register_parameter(parameter_name, torch.nn.Parameter(sharded, parameter.requires_grad))
+
+    @staticmethod
+    def _replicate_inputs(module, inputs, device_mesh):
+        return tuple(DTensor.from_local(value, device_mesh, [Replicate()], run_check=False)
+                     if isinstance(value, torch.Tensor) and not isinstance(value, DTensor) else value for value in inputs)
+
+    def _lay_out_output(self, module, output, device_mesh):
+        if output.placements != self.output_layouts:
+            output = output.redistribute(placements=self.output_layouts)
+        return output.to_local() if self.use_local_output else output
