@@ -14,8 +14,9 @@ namespace tinybig_cuda {
 // the product's arithmetic, not the weight's memory traffic, sets the time (BLAS then wins).
 constexpr int64_t kMaskedMatvecMaxBatch = 4;
 
-// The paths with a fused kernel: AVX2 and AVX-512. On the others the mask costs more than the
-// masked copy into cache that the blocked product uses.
+// The paths with a fused kernel: AVX2 and AVX-512, which draw the keep bits of 8 or 16 elements in
+// vector registers (philox_avx2.h, philox_avx512.h). The scalar and NEON paths have none: there
+// masked_linear takes the blocked product.
 bool masked_matvec_supports(CpuIsa isa);
 
 // For rows r in [row_begin, row_end) of the row-major (out_features, in_features) w, and each of
