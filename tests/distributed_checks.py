@@ -149,7 +149,6 @@ def check_refusals(mesh):
             tinybig_cuda.bernoulli_mask((7, 5), P, STATE, device_mesh=mesh, placements=[Shard(-1)]).full_tensor(),
             tinybig_cuda.bernoulli_mask((7, 5), P, STATE),
         ),
-        "compact_module": raises(lambda: compact(w=w, n=7, D=5), NotImplementedError, "forward", "DTensor", "compact=False"),
         "compress_parameters": raises(
             lambda: compact.compress_parameters(w.reshape(1, 35), 7, 5), NotImplementedError, "compress_parameters", "DTensor"
         ),
@@ -160,6 +159,23 @@ def check_refusals(mesh):
             TypeError, "bernoulli_mask_apply: expected p as one float on the CPU", "DTensor",
         ),
     }
+
+
+def check_compact_module(mesh, placements):
+    """A compact module whose K kept values are a DTensor: the matrix, replicated, and the values'
+    gradient equal one process's bit for bit (expanding and compressing move values, no arithmetic)."""
+    torch.manual_seed(0)
+    module = tinybig_cuda.masking_reconciliation(p=P, compact=True)
+    n, D = 7, 5
+    values = torch.randn(1, module.calculate_l(n=n, D=D), generator=torch.Generator().manual_seed(4)).requires_grad_()
+    upstream = torch.randn(n, D, generator=torch.Generator().manual_seed(5))
+    expected = module(w=values, n=n, D=D)
+    (expected * upstream).sum().backward()
+    shards = distribute_tensor(values.detach(), mesh, placements).requires_grad_()
+    matrix = module(w=shards, n=n, D=D)
+    (matrix.to_local() * upstream).sum().backward()
+    return {"replicated": matrix.placements == (Replicate(),), "matrix_bits": same_bits(matrix.full_tensor(), expected.detach()),
+            "values_grad_bits": same_bits(shards.grad.full_tensor(), values.grad)}
 
 
 def check_meta_init_reset_parameters():
@@ -202,6 +218,8 @@ def dtensor_checks():
     checks["meta init + reset_parameters"] = check_meta_init_reset_parameters
     checks["broadcast_rng_states exact"] = check_broadcast_rng_states_exact
     checks["refusals"] = lambda: check_refusals(one_d)
+    checks["compact module shard1"] = lambda: check_compact_module(one_d, [Shard(1)])
+    checks["compact module replicate"] = lambda: check_compact_module(one_d, [Replicate()])
     return checks
 
 

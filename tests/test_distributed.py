@@ -99,7 +99,12 @@ def test_broadcast_rng_states_refuses_a_state_that_is_not_int64_2(bad_state, err
 
 
 def test_what_the_dtensor_rules_do_not_support_is_refused_by_name(results):
-    assert_check(results, "refusals", "shard_past_the_last_dimension", "negative_shard_dimension", "compact_module", "compress_parameters", "dtensor_p")
+    assert_check(results, "refusals", "shard_past_the_last_dimension", "negative_shard_dimension", "compress_parameters", "dtensor_p")
+
+
+@pytest.mark.parametrize("placement", ["shard1", "replicate"])
+def test_compact_module_on_dtensor_values_equals_one_process(results, placement):
+    assert_check(results, f"compact module {placement}", "replicated", "matrix_bits", "values_grad_bits")
 
 
 def test_meta_device_init_then_reset_parameters_agrees_across_ranks(results):

@@ -23,7 +23,8 @@ class CompactParameters:
     def _compact_forward(self, n, D, w, device):
         """`forward` with ``compact=True``: w's K values scattered into the (n, D) matrix, with n, D
         checked and w a tensor."""
-        _refuse_dtensor("forward", w)
+        if arguments.is_dtensor(w):
+            return self._compact_forward_dtensor(n, D, w, device)
         arguments.check_device(_NAME, w, device)
         arguments.check_maskable_dtype(_NAME, "w", w)  # the op would call it `values`
         state = self._compact_ops_state(w.device)
@@ -37,6 +38,18 @@ class CompactParameters:
         matrix = bernoulli_mask_expand(w.reshape(-1), self.p, state, (n, D))
         self._mask_matrix_of = (n, D, w.device)  # once the call succeeded
         return matrix
+
+    def _compact_forward_dtensor(self, n, D, w, device):
+        """A DTensor of values (each rank a shard of the K kept entries, or all of them): a shard's
+        entries land anywhere in the matrix (each depends on how many entries before it are kept),
+        so the values are gathered and scattered on every rank, giving a replicated (n, D) DTensor
+        on w's mesh that is the one-process matrix bit for bit. Differentiable: each rank's gradient
+        of its shard is its part of the one-process gradient."""
+        from torch.distributed.tensor import DTensor, Replicate
+
+        whole = [Replicate()] * w.device_mesh.ndim
+        matrix = self._compact_forward(n, D, w.redistribute(w.device_mesh, whole).to_local(), device)
+        return DTensor.from_local(matrix, w.device_mesh, whole, run_check=False)
 
     def _kept_count(self, n, D, state=None):
         """K of the mask of `state` (the module's rng_state if None), remembered by value."""
@@ -135,9 +148,9 @@ class CompactParameters:
 def _refuse_dtensor(method, w):
     if arguments.is_dtensor(w):
         raise NotImplementedError(
-            f"{_NAME}.{method}: expected w to be a plain tensor, but got a DTensor: compact parameters "
-            "(compact=True, compress_parameters, expand_parameters) have no DTensor support, since a shard's kept "
-            "entries depend on every entry before it; use compact=False, whose forward takes DTensors"
+            f"{_NAME}.{method}: expected w to be a plain tensor, but got a DTensor: compress_parameters and "
+            "expand_parameters convert plain tensors (a shard's kept entries depend on every entry before it); "
+            "convert w.full_tensor() and distribute the result"
         )
 
 
