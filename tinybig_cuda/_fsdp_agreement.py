@@ -10,8 +10,9 @@ module's tree, with one all-reduce of the states' maximum and one of their minim
 other modules (pipeline stages) are never asked, so nothing can wait for them.
 
 A watched module whose own forward comes first was not reached through an FSDP module, and is no
-longer watched. The hook removes itself once nothing is watched, so it costs a Python call per
-module call during the first forward only. Under torch.compile it does nothing.
+longer watched. The hook removes itself once nothing is watched: it costs a Python call per
+module call until every watched module has run once (in eager mode: under torch.compile it does
+nothing, so a model that only ever runs compiled keeps it).
 """
 
 import functools
