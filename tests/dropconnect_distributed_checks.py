@@ -160,6 +160,8 @@ def check_fabricated_colwise():
     torch.manual_seed(0)
     out_features = 8  # 4 rows of the weight per rank
     layer = Fabricated(IN_FEATURES, out_features, fixed_mask=True)
+    layer.submodule = torch.nn.Module()  # a submodule's (1, k) parameter is not the layer's: replicated
+    layer.submodule.scale = torch.nn.Parameter(torch.ones(1, 4))
     reference = copy.deepcopy(layer)
     x = torch.eye(IN_FEATURES)
     upstream = torch.randn(IN_FEATURES, out_features, generator=torch.Generator().manual_seed(2))
@@ -174,6 +176,7 @@ def check_fabricated_colwise():
     return {"forward_bits": same_bits(y, expected.detach()),
             "local_output_bits": same_bits(local, expected.detach()[:, rank * rows:(rank + 1) * rows]),
             "whole_rows_per_rank": tuple(parallel.w.to_local().shape) == (1, rows * IN_FEATURES),
+            "submodule_replicated": parallel.submodule.scale.placements == (Replicate(),),
             "parameter_grad": torch.allclose(parallel.w.grad.full_tensor(), reference.w.grad)}
 
 

@@ -27,7 +27,8 @@ def results(tmp_path_factory):
     ("broadcast_rng_states", ["differed_before", "count", "equal_to_rank_0_after"]),
     ("fsdp2_fixed_masks_agree", ["differing_states_raise", "no_longer_watched"]),
     ("pipeline_stages", ["stages_ran"]),
-    ("fabricated_colwise", ["forward_bits", "local_output_bits", "whole_rows_per_rank", "parameter_grad"]),
+    ("fabricated_colwise", ["forward_bits", "local_output_bits", "whole_rows_per_rank", "submodule_replicated",
+                            "parameter_grad"]),
 ])
 def test_check(results, name, keys):
     outcome = results[name]

@@ -105,6 +105,8 @@ class FabricatedColwiseParallel(ParallelStyle):
 
     @staticmethod
     def _partition(name, submodule, device_mesh):
+        if name:  # distribute_module asks about every submodule: theirs are replicated, as it does
+            return
         for parameter_name, parameter in list(submodule.named_parameters(recurse=False)):
             if parameter.dim() == 2 and parameter.shape[0] == 1:
                 sharded = distribute_tensor(parameter, device_mesh, [Shard(1)])
