@@ -123,6 +123,23 @@ at::Tensor masked_linear_blocked(const at::Tensor& x, const at::Tensor& w, doubl
   return y.view(with_last(x.sizes(), out_features));
 }
 
+at::Tensor masked_linear_fused_or_blocked(const at::Tensor& x, const at::Tensor& w, double p,
+                                          const at::Tensor& rng_state, const std::optional<at::Tensor>& bias,
+                                          int64_t max_batch,
+                                          c10::function_ref<void(const at::Tensor& x_rows, at::Tensor& y)> matvec) {
+  check_masked_linear(x, w, p, rng_state, bias);
+  at::Tensor x_rows = as_matrix(x);
+  const int64_t batch = x_rows.size(0);
+  const bool fused = (w.scalar_type() == at::kFloat || w.scalar_type() == at::kDouble) && w.is_contiguous() &&
+                     batch >= 1 && batch <= max_batch;
+  if (!fused) return masked_linear_blocked(x, w, p, rng_state, bias);
+  if (x_rows.stride(1) != 1) x_rows = x_rows.contiguous();
+  at::Tensor y = at::empty({batch, w.size(0)}, x.options());
+  if (w.size(0) > 0) matvec(x_rows, y);
+  if (bias && bias->defined()) y.add_(*bias);
+  return y.view(with_last(x.sizes(), w.size(0)));
+}
+
 namespace {
 
 // Every device without a kernel of its own (the CPU and CUDA have one, for their small batches).
